@@ -1,0 +1,51 @@
+# Two commands set everything up: `make repro` (the ablation study) and `make test` (the suite).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+export DVC_NO_ANALYTICS := 1
+
+HOST ?= 127.0.0.1
+PORT ?= 5000
+
+.PHONY: setup repro test test-fast bench lint ui clean
+
+# The install runs only when requirements.txt or pyproject.toml changed since the last one.
+setup:
+	@want=$$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1); \
+	if [ -x $(VENV)/bin/python ] && [ "$$(cat $(STAMP) 2>/dev/null)" = "$$want" ]; then \
+	  echo "setup: .venv is up to date"; \
+	else \
+	  set -e; \
+	  [ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV); \
+	  $(VENV)/bin/python -m pip install -q -r requirements.txt 2> >(grep -v "is ignored: it is neither" >&2); \
+	  $(VENV)/bin/python -m pip install -q --no-deps -e . 2> >(grep -v "is ignored: it is neither" >&2); \
+	  echo "$$want" > $(STAMP); \
+	  echo "setup: installed into .venv"; \
+	fi
+
+repro: setup
+	dvc repro
+
+test: setup
+	python -m pytest --benchmark-disable $(PYTEST_ARGS)
+
+test-fast: setup
+	python -m pytest --benchmark-disable -m "not slow" $(PYTEST_ARGS)
+
+bench: setup
+	python -m pytest --benchmark-only tests/benchmarks $(PYTEST_ARGS)
+
+lint: setup
+	ruff check dsts pipeline tests
+	ruff format --check dsts pipeline tests
+
+ui: setup
+	mlflow ui --host $(HOST) --port $(PORT) --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
+
+clean:
+	rm -rf runs reports data/generated .pytest_cache .benchmarks

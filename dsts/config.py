@@ -1,0 +1,373 @@
+"""Typed configuration: one dataclass per section of ``params.yaml``.
+
+The library never opens ``params.yaml`` by itself: a stage script passes its path (or an already
+parsed mapping) to :func:`load_config`, which applies the variant's override from
+``ablations/<variant>.yaml`` and any ``key=value`` overrides, then validates every value.
+Every problem is a :class:`ConfigError` whose one-line message names the dotted key.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+BACKBONES = ("small3d", "r3d_18", "mc3_18", "r2plus1d_18")
+DATASETS = ("generated", "diving48", "finegym")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message is one line that names the dotted key."""
+
+
+@dataclass
+class GenerateConfig:
+    """Size and seed of the generated fine-grained benchmark (``pipeline.prepare``)."""
+
+    clips_per_class_train: int = 24
+    clips_per_class_test: int = 8
+    frames: int = 16
+    size: int = 64
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["generated", "diving48", "finegym"] = "generated"
+    root: str = "data/generated"
+    # FineGym element lists, relative to ``root`` unless absolute.
+    finegym_train_list: str = "gym99_train_element_v1.1.txt"
+    finegym_test_list: str = "gym99_val_element.txt"
+    num_classes: int = 0  # 0: infer from the annotation (vocab or largest label + 1)
+    num_frames: int = 8
+    sampling: Literal["segment", "dense"] = "segment"
+    dense_stride: int = 2
+    resize: int = 64
+    crop: int = 56
+    flip: bool = True
+    test_clips: int = 1
+    test_crops: int = 1
+    num_workers: int = 0
+    cache: bool = True
+    on_bad_video: Literal["error", "skip"] = "error"
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+
+
+@dataclass
+class DSTSConfig:
+    enabled: bool = True
+    channels: int = 64
+    num_layers: int = 2
+    num_neurons: int = 4
+    specialization: Literal["st", "3d"] = "st"
+    routing: Literal["dense", "sparse"] = "dense"
+    tau: float = 1.0
+    gate_noise_std: float = 1.0
+    gate_noise: Literal["normal", "truncated"] = "normal"
+    p_hard: float = 0.5
+    hard_warmup_epochs: int = 0
+
+
+@dataclass
+class ModelConfig:
+    backbone: Literal["small3d", "r3d_18", "mc3_18", "r2plus1d_18"] = "small3d"
+    pretrained: str | None = None  # a local weights file; nothing is downloaded
+    dropout: float = 0.5
+    dsts: DSTSConfig = field(default_factory=DSTSConfig)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 6
+    batch_size: int = 16
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    lr: float = 2e-3
+    upstream_lr: float = 2e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: float = 0.0
+    step_size: int = 10
+    gamma: float = 0.1
+    grad_clip: float = 0.0  # 0 disables clipping
+    updates_per_step: int = 1  # > 1 only for the compute-matched control
+    seed: int = 0
+    device: str = "auto"
+    bf16: bool = False
+    channels_last: bool = False
+    cudnn_benchmark: bool = False
+
+
+@dataclass
+class UDLConfig:
+    enabled: bool = False
+    inner_lr: float = 0.01
+    method: Literal["autograd", "finite_difference", "first_order"] = "autograd"
+    fd_eps: float = 0.01
+    scope: Literal["all", "dsts"] = "dsts"
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 32
+    top_k: int = 5
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    experiment: str = ""  # empty: one experiment per dataset, named after it
+
+
+@dataclass
+class Config:
+    variant: str = "dsts"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    udl: UDLConfig = field(default_factory=UDLConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """The resolved config as ``{"model.dsts.tau": 1.0, ...}``."""
+        return flatten(self.to_dict())
+
+    def hash(self) -> str:
+        """A stable hash of the resolved config (seed included): what a checkpoint must match."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# Sections of params.yaml that belong to the pipeline, not to one run's config.
+PIPELINE_KEYS = ("variants", "seeds")
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """Override ``base`` with ``override``, recursing into mappings."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        dotted = f"{where}{key}"
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value, dotted + ".")
+        elif isinstance(merged.get(key), dict) and value is not None:
+            raise ConfigError(f"{dotted}: expected a mapping, got {value!r}")
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``"model.dsts.tau=2"`` -> ``{"model": {"dsts": {"tau": 2}}}``; values are YAML, so the
+    lowercase ``true``/``false`` that DVC writes on a command line become booleans."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    tree: dict[str, Any] = {}
+    node = tree
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return tree
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (ints widen to floats)."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"{key}: expected a boolean, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"{prefix}{key}: unknown key")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        key = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = _build(tp, data[f.name], key + ".")
+        else:
+            kwargs[f.name] = _coerce(data[f.name], tp, key)
+    return cls(**kwargs)
+
+
+def _check(cfg: Config) -> None:
+    """Values that have the right type but cannot work."""
+    rules: list[tuple[str, Any, bool, str]] = [
+        ("model.dsts.num_layers", cfg.model.dsts.num_layers, cfg.model.dsts.num_layers >= 1, ">= 1"),
+        ("model.dsts.num_neurons", cfg.model.dsts.num_neurons, cfg.model.dsts.num_neurons >= 1, ">= 1"),
+        ("model.dsts.channels", cfg.model.dsts.channels, cfg.model.dsts.channels >= 1, ">= 1"),
+        ("model.dsts.tau", cfg.model.dsts.tau, cfg.model.dsts.tau > 0, "> 0"),
+        ("model.dsts.gate_noise_std", cfg.model.dsts.gate_noise_std, cfg.model.dsts.gate_noise_std >= 0, ">= 0"),
+        ("model.dsts.p_hard", cfg.model.dsts.p_hard, 0 <= cfg.model.dsts.p_hard <= 1, "in [0, 1]"),
+        ("model.dsts.hard_warmup_epochs", cfg.model.dsts.hard_warmup_epochs, cfg.model.dsts.hard_warmup_epochs >= 0, ">= 0"),
+        ("model.dropout", cfg.model.dropout, 0 <= cfg.model.dropout < 1, "in [0, 1)"),
+        ("train.epochs", cfg.train.epochs, cfg.train.epochs >= 1, ">= 1"),
+        ("train.batch_size", cfg.train.batch_size, cfg.train.batch_size >= 1, ">= 1"),
+        ("train.lr", cfg.train.lr, cfg.train.lr > 0, "> 0"),
+        ("train.upstream_lr", cfg.train.upstream_lr, cfg.train.upstream_lr > 0, "> 0"),
+        ("train.momentum", cfg.train.momentum, 0 <= cfg.train.momentum < 1, "in [0, 1)"),
+        ("train.weight_decay", cfg.train.weight_decay, cfg.train.weight_decay >= 0, ">= 0"),
+        ("train.warmup_epochs", cfg.train.warmup_epochs, cfg.train.warmup_epochs >= 0, ">= 0"),
+        ("train.step_size", cfg.train.step_size, cfg.train.step_size >= 1, ">= 1"),
+        ("train.gamma", cfg.train.gamma, 0 < cfg.train.gamma <= 1, "in (0, 1]"),
+        ("train.grad_clip", cfg.train.grad_clip, cfg.train.grad_clip >= 0, ">= 0"),
+        ("train.updates_per_step", cfg.train.updates_per_step, cfg.train.updates_per_step >= 1, ">= 1"),
+        ("train.seed", cfg.train.seed, cfg.train.seed >= 0, ">= 0"),
+        ("train.device", cfg.train.device, cfg.train.device in ("auto", "cpu") or cfg.train.device.startswith("cuda"), "auto, cpu or cuda[:N]"),
+        ("udl.inner_lr", cfg.udl.inner_lr, cfg.udl.inner_lr >= 0, ">= 0"),
+        ("udl.fd_eps", cfg.udl.fd_eps, cfg.udl.fd_eps > 0, "> 0"),
+        ("data.num_classes", cfg.data.num_classes, cfg.data.num_classes >= 0, ">= 0"),
+        ("data.num_frames", cfg.data.num_frames, cfg.data.num_frames >= 1, ">= 1"),
+        ("data.dense_stride", cfg.data.dense_stride, cfg.data.dense_stride >= 1, ">= 1"),
+        ("data.resize", cfg.data.resize, cfg.data.resize >= 1, ">= 1"),
+        ("data.crop", cfg.data.crop, 1 <= cfg.data.crop <= cfg.data.resize, "in [1, data.resize]"),
+        ("data.test_clips", cfg.data.test_clips, cfg.data.test_clips >= 1, ">= 1"),
+        ("data.test_crops", cfg.data.test_crops, cfg.data.test_crops in (1, 3), "1 or 3"),
+        ("data.num_workers", cfg.data.num_workers, cfg.data.num_workers >= 0, ">= 0"),
+        ("data.generate.clips_per_class_train", cfg.data.generate.clips_per_class_train, cfg.data.generate.clips_per_class_train >= 1, ">= 1"),
+        ("data.generate.clips_per_class_test", cfg.data.generate.clips_per_class_test, cfg.data.generate.clips_per_class_test >= 1, ">= 1"),
+        ("data.generate.frames", cfg.data.generate.frames, cfg.data.generate.frames >= 4, ">= 4"),
+        ("data.generate.size", cfg.data.generate.size, cfg.data.generate.size >= 16 and cfg.data.generate.size % 2 == 0, "even and >= 16"),
+        ("data.generate.seed", cfg.data.generate.seed, cfg.data.generate.seed >= 0, ">= 0"),
+        ("eval.batch_size", cfg.eval.batch_size, cfg.eval.batch_size >= 1, ">= 1"),
+        ("eval.top_k", cfg.eval.top_k, cfg.eval.top_k >= 1, ">= 1"),
+    ]
+    for key, value, ok, want in rules:
+        if not ok:
+            raise ConfigError(f"{key}: {value!r} is impossible (must be {want})")
+    if cfg.udl.enabled and not cfg.model.dsts.enabled:
+        raise ConfigError("udl.enabled: true needs model.dsts.enabled: true (UDL trains DSTS decisions)")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: invalid YAML") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def build_config(tree: dict[str, Any]) -> Config:
+    """Validate a (merged) mapping into a :class:`Config`."""
+    tree = {k: v for k, v in tree.items() if k not in PIPELINE_KEYS}
+    cfg = _build(Config, tree, "")
+    _check(cfg)
+    return cfg
+
+
+def load_config(
+    params: str | Path | dict[str, Any] = "params.yaml",
+    variant: str | None = None,
+    ablations_dir: str | Path | None = None,
+    overrides: typing.Sequence[str] = (),
+    seed: int | None = None,
+) -> Config:
+    """``params.yaml`` + ``ablations/<variant>.yaml`` + ``KEY=VALUE`` overrides -> :class:`Config`.
+
+    ``variant`` must be listed under ``variants`` in the params (when that list exists) and have
+    an override file; ``seed`` sets ``train.seed``.
+    """
+    if isinstance(params, dict):
+        tree = copy.deepcopy(params)
+        base_dir = Path(".")
+    else:
+        tree = read_yaml(params)
+        base_dir = Path(params).parent
+    if variant is not None:
+        known = tree.get("variants")
+        if known is not None and variant not in known:
+            raise ConfigError(f"variant: unknown variant {variant!r} (params.yaml lists {', '.join(known)})")
+        folder = Path(ablations_dir) if ablations_dir is not None else base_dir / "ablations"
+        file = folder / f"{variant}.yaml"
+        if not file.is_file():
+            raise ConfigError(f"variant: unknown variant {variant!r} (no {file})")
+        override = read_yaml(file)
+        if "variant" in override:
+            raise ConfigError(f"{file}: variant: set by the file name, not inside the file")
+        tree = deep_merge(tree, override)
+        tree["variant"] = variant
+    for text in overrides:
+        tree = deep_merge(tree, parse_override(text))
+    if seed is not None:
+        tree = deep_merge(tree, {"train": {"seed": seed}})
+    return build_config(tree)

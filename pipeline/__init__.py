@@ -1,0 +1,1 @@
+"""Thin DVC stage scripts: parse arguments, load the typed config, call into ``dsts``, write outputs."""

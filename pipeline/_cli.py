@@ -1,0 +1,74 @@
+"""What every stage script shares: the common arguments and the one-line error exit."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from dsts.config import Config, ConfigError, load_config
+
+EXIT_BAD_INPUT = 2
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Exceptions that mean bad input from the user, reported as one line (exit 2)."""
+    errors: list[type[Exception]] = [ConfigError, FileNotFoundError]
+    try:
+        from dsts.data import DataError
+
+        errors.append(DataError)
+    except ImportError:  # the data package is optional for the core
+        pass
+    try:
+        from dsts.errors import DSTSError
+
+        errors.append(DSTSError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def add_config_args(parser: argparse.ArgumentParser, variant: bool = True, seed: bool = True) -> None:
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    if variant:
+        parser.add_argument("--variant", required=True, help="an ablation variant (ablations/<variant>.yaml)")
+    if seed:
+        parser.add_argument("--seed", type=int, default=None, help="sets train.seed")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one dotted key, e.g. --set train.epochs=2 (repeatable)",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return load_config(
+        args.params,
+        variant=getattr(args, "variant", None),
+        overrides=args.overrides,
+        seed=getattr(args, "seed", None),
+        ablations_dir=Path(args.params).parent / "ablations",
+    )
+
+
+def run(main: Callable[[], int | None]) -> None:
+    """Run a stage; bad input ends in one line on stderr and exit 2, never a traceback."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    try:
+        code = main()
+    except user_errors() as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)
