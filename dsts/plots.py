@@ -1,0 +1,330 @@
+"""The evaluation and report figures, drawn with matplotlib's Agg backend.
+
+Each function checks its input first (so bad input leaves nothing behind), writes the PNG
+atomically (a temporary file in the target folder, then ``os.replace``: a reader never sees half an
+image and an existing file survives a failure) and closes its figure. Figure sizes grow with the
+number of classes (within caps) and with the longest (shortened) class name, at a fixed DPI and
+without ``bbox_inches="tight"``, so that the pixel size is predictable.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from dsts.metrics import MetricsError, _to_numpy  # noqa: E402
+
+__all__ = ["plot_bar_ci", "plot_confusion", "plot_learning_curves", "plot_usage_heatmap"]
+
+DPI = 100
+NAME_LIMIT = 32  # longer class names are shortened with an ellipsis
+
+
+class PlotError(MetricsError):
+    """Bad input to a plot (shapes or lengths that do not match, values out of range)."""
+
+
+def _short(name: Any) -> str:
+    """Shorten in the middle: fine-grained class names often differ only at their end."""
+    text = str(name)
+    if len(text) <= NAME_LIMIT:
+        return text
+    head = (NAME_LIMIT - 1) // 2
+    tail = NAME_LIMIT - 1 - head
+    return text[:head] + "\u2026" + text[-tail:]
+
+
+def _label_inches(names: Sequence[str], fontsize: float) -> float:
+    """Rough space a rotated column of tick labels needs (about 0.6 em per character)."""
+    longest = max((len(n) for n in names), default=0)
+    return 0.6 * longest * fontsize / 72.0
+
+
+def _tick_fontsize(count: int) -> float:
+    """Shrink tick labels as their number grows, so that 48 classes still fit."""
+    return float(max(4.0, min(9.0, 240.0 / max(count, 1))))
+
+
+def _clip(value: float, low: float, high: float) -> float:
+    return float(min(high, max(low, value)))
+
+
+def _names(class_names: Sequence[Any], count: int, what: str) -> list[str]:
+    names = list(class_names)
+    if len(names) != count:
+        raise PlotError(f"class_names: expected {count} names for the {what}, got {len(names)}")
+    return [_short(n) for n in names]
+
+
+def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
+    """Write ``fig`` to ``path`` as PNG through a temporary file in the same folder."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=DPI)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _draw_and_save(fig: Any, path: str | os.PathLike[str]) -> Path:
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def _heatmap(ax: Any, values: np.ndarray, vmin: float, vmax: float) -> Any:
+    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")  # NaN: a class with no sample
+    return ax.imshow(
+        np.ma.masked_invalid(values), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest"
+    )
+
+
+def plot_confusion(cm: Any, class_names: Sequence[Any], path: str | os.PathLike[str]) -> Path:
+    """Confusion matrix, coloured by the fraction of each true class (rows); counts written in the
+    cells when there are at most 12 classes. Grey rows: classes with no sample."""
+    counts = _to_numpy(cm, "cm")
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] == 0:
+        raise PlotError(f"cm: expected a square (K, K) matrix, got shape {tuple(counts.shape)}")
+    if not np.isfinite(counts).all() or (counts < 0).any():
+        raise PlotError("cm: counts must be finite and non-negative")
+    k = counts.shape[0]
+    names = _names(class_names, k, "confusion matrix")
+    support = counts.sum(axis=1, keepdims=True).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = np.where(support > 0, counts / np.where(support > 0, support, 1.0), np.nan)
+
+    fs = _tick_fontsize(k)
+    side = _clip(3.5 + 0.22 * k, 4.0, 18.0) + _label_inches(names, fs)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side), dpi=DPI, layout="constrained")
+    try:
+        im = _heatmap(ax, frac, 0.0, 1.0)
+        fig.colorbar(im, ax=ax, label="fraction of the true class", shrink=0.8)
+        ax.set_xticks(range(k), names, rotation=90, fontsize=fs)
+        ax.set_yticks(range(k), names, fontsize=fs)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        total = int(round(float(counts.sum())))
+        ax.set_title(f"Confusion matrix ({total} samples, rows normalized)")
+        if k <= 12:
+            for r in range(k):
+                for c in range(k):
+                    value = counts[r, c]
+                    if value:
+                        dark = np.isfinite(frac[r, c]) and frac[r, c] < 0.5
+                        ax.text(
+                            c,
+                            r,
+                            f"{value:g}",
+                            ha="center",
+                            va="center",
+                            fontsize=fs,
+                            color="white" if dark else "black",
+                        )
+    except BaseException:
+        plt.close(fig)
+        raise
+    return _draw_and_save(fig, path)
+
+
+def plot_usage_heatmap(
+    usage: Any, class_names: Sequence[Any], path: str | os.PathLike[str], title: str
+) -> Path:
+    """Class x neuron routing heatmap (rows from :func:`dsts.metrics.class_neuron_usage`, values in
+    [0, 1], NaN rows drawn grey)."""
+    values = _to_numpy(usage, "usage")
+    if values.ndim != 2 or 0 in values.shape:
+        raise PlotError(f"usage: expected a (K, N) matrix, got shape {tuple(values.shape)}")
+    finite = values[np.isfinite(values)]
+    if np.isinf(values).any() or (finite < 0).any() or (finite > 1).any():
+        raise PlotError("usage: values must lie in [0, 1] (NaN for a class with no sample)")
+    k, n = values.shape
+    names = _names(class_names, k, "usage heatmap")
+
+    width = _clip(3.5 + 0.45 * n, 5.0, 14.0) + _label_inches(names, _tick_fontsize(k))
+    height = _clip(1.8 + 0.22 * k, 3.5, 18.0)
+    fig, ax = plt.subplots(figsize=(width, height), dpi=DPI, layout="constrained")
+    try:
+        im = _heatmap(ax, values, 0.0, 1.0)
+        fig.colorbar(im, ax=ax, label="fraction of the class's samples", shrink=0.8)
+        ax.set_xticks(range(n), [f"n{i}" for i in range(n)], fontsize=_tick_fontsize(n))
+        ax.set_yticks(range(k), names, fontsize=_tick_fontsize(k))
+        ax.set_xlabel("neuron")
+        ax.set_ylabel("class")
+        ax.set_title(str(title))
+        if k * n <= 160:
+            fs = _tick_fontsize(max(k, n))
+            for r in range(k):
+                for c in range(n):
+                    v = values[r, c]
+                    if np.isfinite(v):
+                        ax.text(
+                            c,
+                            r,
+                            f"{v:.2f}",
+                            ha="center",
+                            va="center",
+                            fontsize=fs,
+                            color="white" if v < 0.5 else "black",
+                        )
+    except BaseException:
+        plt.close(fig)
+        raise
+    return _draw_and_save(fig, path)
+
+
+TITLES = {"loss": "Losses", "accuracy": "Accuracy", "other": "Other metrics", "lr": "Learning rate"}
+YLABELS = {"loss": "loss", "accuracy": "accuracy", "other": "value", "lr": "learning rate"}
+_TOPK = re.compile(r"(^|[/_.\-])top\d")
+
+
+def _panel_of(metric: str) -> str:
+    low = metric.lower()
+    if low == "lr" or low.endswith(("/lr", "_lr", ".lr")):
+        return "lr"  # its own panel: its scale is far below every other metric's
+    if "loss" in low:
+        return "loss"
+    if "acc" in low or _TOPK.search(low):
+        return "accuracy"
+    return "other"
+
+
+def plot_learning_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """One panel each for losses, accuracies, other metrics and the learning rate (only the panels
+    that have a metric), over epochs. A metric missing from some epochs (or non-finite there) is
+    drawn where it is present."""
+    rows = list(history)
+    if not rows:
+        raise PlotError("history: no epochs")
+    series: dict[str, list[tuple[float, float]]] = {}
+    for idx, row in enumerate(rows):
+        if not isinstance(row, Mapping) or "epoch" not in row:
+            raise PlotError(f"history[{idx}]: expected a mapping with an 'epoch' key")
+        try:
+            epoch = float(row["epoch"])
+        except (TypeError, ValueError):
+            raise PlotError(f"history[{idx}]['epoch']: not a number: {row['epoch']!r}") from None
+        for key, value in row.items():
+            if key == "epoch":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+                raise PlotError(f"history[{idx}][{key!r}]: not a number: {value!r}")
+            if math.isfinite(float(value)):
+                series.setdefault(str(key), []).append((epoch, float(value)))
+            else:
+                series.setdefault(str(key), [])
+    if not series:
+        raise PlotError("history: no metric besides 'epoch'")
+
+    integral_epochs = all(float(r["epoch"]).is_integer() for r in rows)
+    panels: dict[str, list[str]] = {}
+    for name in sorted(series):
+        panels.setdefault(_panel_of(name), []).append(name)
+    order = [p for p in ("loss", "accuracy", "other", "lr") if p in panels]
+    fig, axes = plt.subplots(
+        1, len(order), figsize=(4.8 * len(order), 3.8), dpi=DPI, layout="constrained", squeeze=False
+    )
+    try:
+        for ax, panel in zip(axes[0], order, strict=True):
+            for name in panels[panel]:
+                points = sorted(series[name])
+                xs = [p[0] for p in points]
+                ys = [p[1] for p in points]
+                ax.plot(xs, ys, marker="o", markersize=3, label=name)
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=integral_epochs))
+            ax.set_ylabel(YLABELS[panel])
+            ax.set_title(TITLES[panel])
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=7, loc="best")
+    except BaseException:
+        plt.close(fig)
+        raise
+    return _draw_and_save(fig, path)
+
+
+def plot_bar_ci(
+    names: Sequence[Any],
+    means: Sequence[float],
+    lows: Sequence[float],
+    highs: Sequence[float],
+    path: str | os.PathLike[str],
+    ylabel: str,
+    title: str,
+) -> Path:
+    """Bars of ``means`` with asymmetric error bars from ``lows`` to ``highs`` (a confidence interval
+    per variant); each mean is written above its bar."""
+    labels = [_short(n) for n in names]
+    m = _to_numpy(list(means), "means").astype(np.float64)
+    lo = _to_numpy(list(lows), "lows").astype(np.float64)
+    hi = _to_numpy(list(highs), "highs").astype(np.float64)
+    count = len(labels)
+    if count == 0:
+        raise PlotError("names: no bars")
+    for what, arr in (("means", m), ("lows", lo), ("highs", hi)):
+        if arr.shape != (count,):
+            raise PlotError(f"{what}: expected {count} values (one per name), got shape {tuple(arr.shape)}")
+        if not np.isfinite(arr).all():
+            raise PlotError(f"{what}: contains NaN or infinity")
+    bad = np.nonzero((lo > m) | (m > hi))[0]
+    if bad.size:
+        i = int(bad[0])
+        raise PlotError(f"bar {labels[i]!r}: expected low <= mean <= high, got {lo[i]} / {m[i]} / {hi[i]}")
+
+    width = _clip(2.0 + 0.7 * count, 5.0, 16.0)
+    fig, ax = plt.subplots(figsize=(width, 4.5), dpi=DPI, layout="constrained")
+    try:
+        xs = np.arange(count)
+        ax.bar(
+            xs,
+            m,
+            yerr=np.stack([m - lo, hi - m]),
+            capsize=4,
+            color="tab:blue",
+            alpha=0.8,
+            error_kw={"elinewidth": 1.2},
+        )
+        for x, mean, top in zip(xs, m, hi, strict=True):
+            ax.annotate(
+                f"{mean:.3g}",
+                (x, top),
+                xytext=(0, 3),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
+        long_names = count > 6 or max(len(s) for s in labels) > 10
+        ax.set_xticks(
+            xs,
+            labels,
+            rotation=35 if long_names else 0,
+            ha="right" if long_names else "center",
+            fontsize=_tick_fontsize(count),
+        )
+        ax.set_ylabel(str(ylabel))
+        ax.set_title(str(title))
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.margins(y=0.12)
+    except BaseException:
+        plt.close(fig)
+        raise
+    return _draw_and_save(fig, path)

@@ -1,0 +1,520 @@
+"""Metrics against independent computations: plain Python loops and the literal formulas."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from dsts.metrics import (
+    MetricsError,
+    accuracy_stats,
+    class_neuron_usage,
+    collapse_warnings,
+    confusion_matrix,
+    mean_class_accuracy,
+    per_class_accuracy,
+    routing_nmi,
+    specialization_stats,
+    top_k_accuracy,
+)
+
+# ----------------------------------------------------------------------------------------------
+# strategies
+
+
+@st.composite
+def scored(draw, tie_prone: bool = True, max_classes: int = 8):
+    """(scores (n, K) float array, labels (n,) int array); ties are common when ``tie_prone``."""
+    n = draw(st.integers(1, 30))
+    k = draw(st.integers(1, max_classes))
+    if tie_prone:
+        values = st.integers(-2, 2).map(float)
+    else:
+        values = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, width=32)
+    scores = np.array(draw(st.lists(st.lists(values, min_size=k, max_size=k), min_size=n, max_size=n)))
+    labels = np.array(draw(st.lists(st.integers(0, k - 1), min_size=n, max_size=n)), dtype=np.int64)
+    return scores.reshape(n, k), labels
+
+
+@st.composite
+def predictions(draw, max_classes: int = 9):
+    k = draw(st.integers(1, max_classes))
+    n = draw(st.integers(1, 40))
+    preds = draw(st.lists(st.integers(0, k - 1), min_size=n, max_size=n))
+    labels = draw(st.lists(st.integers(0, k - 1), min_size=n, max_size=n))
+    return np.array(preds, dtype=np.int64), np.array(labels, dtype=np.int64), k
+
+
+codes = st.lists(st.integers(-5, 5), min_size=1, max_size=40)
+
+
+@st.composite
+def paired_codes(draw):
+    n = draw(st.integers(1, 40))
+    ys = draw(st.lists(st.integers(-3, 6), min_size=n, max_size=n))
+    ns = draw(st.lists(st.integers(0, 4), min_size=n, max_size=n))
+    return ys, ns
+
+
+# ----------------------------------------------------------------------------------------------
+# oracles (plain Python)
+
+
+def loop_top_k(scores, labels, k) -> float:
+    hits = 0
+    for row, y in zip(scores.tolist(), labels.tolist(), strict=True):
+        order = sorted(range(len(row)), key=lambda c: (-row[c], c))
+        hits += y in order[:k]
+    return hits / len(labels)
+
+
+def loop_recalls(preds, labels, k) -> dict[int, float]:
+    out = {}
+    for c in range(k):
+        idx = [i for i, y in enumerate(labels.tolist()) if y == c]
+        if idx:
+            out[c] = sum(1 for i in idx if preds[i] == c) / len(idx)
+    return out
+
+
+def literal_nmi(ys, ns) -> float:
+    n = len(ys)
+    joint = Counter(zip(ys, ns, strict=True))
+    py = Counter(ys)
+    pa = Counter(ns)
+    h_y = -sum(c / n * math.log(c / n) for c in py.values())
+    h_a = -sum(c / n * math.log(c / n) for c in pa.values())
+    if h_y == 0 or h_a == 0:
+        return 0.0
+    mi = sum(c / n * math.log((c / n) / ((py[y] / n) * (pa[a] / n))) for (y, a), c in joint.items())
+    return 2 * mi / (h_y + h_a)
+
+
+def loop_specialization(sel, labels, num_neurons, gates=None, cues=None) -> dict[str, float]:
+    n, num_layers = len(sel), len(sel[0])
+    out: dict[str, float] = {}
+    for j in range(num_layers):
+        col = [row[j] for row in sel]
+        usage = [col.count(i) / n for i in range(num_neurons)]
+        for i, u in enumerate(usage):
+            out[f"layer{j}/usage/neuron{i}"] = u
+        out[f"layer{j}/max_usage"] = max(usage)
+        ent = -sum(u * math.log(u) for u in usage if u > 0)
+        out[f"layer{j}/usage_entropy"] = ent
+        out[f"layer{j}/usage_entropy_norm"] = ent / math.log(num_neurons) if num_neurons > 1 else 0.0
+        out[f"layer{j}/nmi"] = literal_nmi(list(labels), col)
+        out[f"layer{j}/collapse"] = float(num_neurons > 1 and max(usage) > 0.9)
+        if gates is None:
+            continue
+        frac = [sum(gates[s][j]) / len(gates[s][j]) for s in range(n)]
+        out[f"layer{j}/temporal_fraction/all"] = sum(frac) / n
+        for i in range(num_neurons):
+            mine = [frac[s] for s in range(n) if col[s] == i]
+            if mine:
+                out[f"layer{j}/temporal_fraction/neuron{i}"] = sum(mine) / len(mine)
+        if cues is None:
+            continue
+        got = {}
+        for cue in ("spatial", "temporal"):
+            mine = [frac[s] for s in range(n) if cues[labels[s]] == cue]
+            if mine:
+                got[cue] = out[f"layer{j}/temporal_fraction/{cue}_cue"] = sum(mine) / len(mine)
+        if len(got) == 2:
+            out[f"layer{j}/temporal_fraction/cue_gap"] = got["temporal"] - got["spatial"]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# top-k
+
+
+@given(scored())
+def test_top_k_matches_stable_sort_loop(data):
+    scores, labels = data
+    for k in range(1, scores.shape[1] + 1):
+        assert top_k_accuracy(scores, labels, k) == loop_top_k(scores, labels, k)
+
+
+@given(scored())
+def test_top_k_monotone_and_full_k_is_one(data):
+    scores, labels = data
+    num_classes = scores.shape[1]
+    accs = [top_k_accuracy(scores, labels, k) for k in range(1, num_classes + 3)]
+    assert all(a <= b for a, b in zip(accs, accs[1:]))
+    assert accs[num_classes - 1] == 1.0
+    assert accs[-1] == 1.0  # k beyond K is clipped
+
+
+@given(scored(tie_prone=False))
+def test_top1_is_argmax_accuracy_without_ties(data):
+    scores, labels = data
+    assume(all(len(set(row)) == len(row) for row in scores.tolist()))
+    expected = sum(int(np.argmax(r)) == y for r, y in zip(scores, labels)) / len(labels)
+    assert top_k_accuracy(scores, labels, 1) == expected
+
+
+@given(scored())
+def test_top1_with_ties_picks_the_lowest_index(data):
+    scores, labels = data
+    first_max = [row.index(max(row)) for row in scores.tolist()]
+    expected = sum(p == y for p, y in zip(first_max, labels.tolist())) / len(labels)
+    assert top_k_accuracy(scores, labels, 1) == expected
+
+
+def test_constant_scores_do_not_count_ties_as_hits():
+    scores = np.zeros((4, 4))
+    labels = np.array([0, 1, 2, 3])
+    assert top_k_accuracy(scores, labels, 1) == 0.25
+    assert top_k_accuracy(scores, labels, 2) == 0.5
+
+
+@given(scored())
+def test_top_k_same_on_tensors_and_arrays(data):
+    scores, labels = data
+    for k in (1, 2):
+        a = top_k_accuracy(scores, labels, k)
+        assert top_k_accuracy(torch.from_numpy(scores), torch.from_numpy(labels), k) == a
+        assert top_k_accuracy(torch.from_numpy(scores).float(), labels.tolist(), k) == a
+        assert type(a) is float
+
+
+# ----------------------------------------------------------------------------------------------
+# class accuracy and confusion
+
+
+@given(predictions())
+def test_mean_class_accuracy_is_mean_of_loop_recalls(data):
+    preds, labels, k = data
+    recalls = loop_recalls(preds, labels, k)
+    expected = sum(recalls.values()) / len(recalls)
+    got = mean_class_accuracy(preds, labels, k)
+    assert type(got) is float
+    assert math.isclose(got, expected, rel_tol=1e-12, abs_tol=1e-15)
+
+
+@given(predictions())
+def test_per_class_accuracy_matches_loop_with_nan_for_absent(data):
+    preds, labels, k = data
+    recalls = loop_recalls(preds, labels, k)
+    got = per_class_accuracy(torch.from_numpy(preds), torch.from_numpy(labels), k)
+    assert got.shape == (k,)
+    for c in range(k):
+        if c in recalls:
+            assert math.isclose(got[c], recalls[c], rel_tol=1e-12)
+        else:
+            assert math.isnan(got[c])
+
+
+@given(predictions())
+def test_confusion_matrix_cells_sums_and_diagonal(data):
+    preds, labels, k = data
+    cm = confusion_matrix(preds, labels, k)
+    assert cm.dtype == np.int64 and cm.shape == (k, k)
+    for r in range(k):
+        for c in range(k):
+            assert cm[r, c] == sum(1 for y, p in zip(labels, preds) if y == r and p == c)
+    assert cm.sum() == len(labels)
+    assert list(cm.sum(axis=1)) == [int((labels == c).sum()) for c in range(k)]
+    assert list(cm.sum(axis=0)) == [int((preds == c).sum()) for c in range(k)]
+    assert np.trace(cm) == int((preds == labels).sum())
+
+
+@given(scored())
+def test_accuracy_stats_agrees_with_the_parts(data):
+    scores, labels = data
+    k = scores.shape[1]
+    out = accuracy_stats(scores, labels)
+    first_max = np.array([row.index(max(row)) for row in scores.tolist()])
+    assert out == {
+        "top1": top_k_accuracy(scores, labels, 1),
+        "top5": top_k_accuracy(scores, labels, 5),
+        "mean_class_accuracy": mean_class_accuracy(first_max, labels, k),
+    }
+    json.dumps(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# routing NMI
+
+
+@given(paired_codes())
+def test_nmi_matches_literal_formula_and_is_in_unit_interval(data):
+    ys, ns = data
+    got = routing_nmi(np.array(ys), np.array(ns))
+    assert type(got) is float
+    assert 0.0 <= got <= 1.0
+    assert math.isclose(got, literal_nmi(ys, ns), rel_tol=1e-9, abs_tol=1e-12)
+
+
+@given(paired_codes())
+def test_nmi_is_exactly_symmetric(data):
+    ys, ns = data
+    assert routing_nmi(ys, ns) == routing_nmi(ns, ys)
+
+
+@given(paired_codes(), st.randoms(use_true_random=False))
+def test_nmi_is_invariant_to_relabeling(data, rnd):
+    ys, ns = data
+    ymap = dict(zip(sorted(set(ys)), rnd.sample(range(-100, 100), len(set(ys))), strict=True))
+    nmap = dict(zip(sorted(set(ns)), rnd.sample(range(1000), len(set(ns))), strict=True))
+    relabeled = routing_nmi([ymap[y] for y in ys], [nmap[a] for a in ns])
+    assert relabeled == routing_nmi(ys, ns)
+
+
+@given(
+    st.lists(st.integers(1, 4), min_size=1, max_size=5),
+    st.lists(st.integers(1, 4), min_size=1, max_size=5),
+    st.randoms(use_true_random=False),
+)
+def test_nmi_zero_for_an_exactly_independent_joint(row_weights, col_weights, rnd):
+    # count(class r, neuron c) = row_weights[r] * col_weights[c]: p(y, a) = p(y) p(a) exactly
+    pairs = [
+        (r, c) for r, wr in enumerate(row_weights) for c, wc in enumerate(col_weights) for _ in range(wr * wc)
+    ]
+    rnd.shuffle(pairs)
+    ys = [p[0] for p in pairs]
+    ns = [p[1] for p in pairs]
+    assert routing_nmi(torch.tensor(ys), torch.tensor(ns)) == pytest.approx(0.0, abs=1e-12)
+
+
+@given(st.lists(st.integers(0, 7), min_size=2, max_size=40), st.randoms(use_true_random=False))
+def test_nmi_one_for_a_one_to_one_map(ys, rnd):
+    assume(len(set(ys)) > 1)
+    perm = rnd.sample(range(50), 8)
+    ns = [perm[y] for y in ys]
+    assert routing_nmi(ys, ns) == pytest.approx(1.0, abs=1e-12)
+
+
+@given(codes)
+def test_nmi_zero_when_either_side_is_constant(ys):
+    assert routing_nmi(ys, [3] * len(ys)) == 0.0
+    assert routing_nmi([0] * len(ys), ys) == 0.0
+
+
+def test_nmi_known_value():
+    # 2x2 table [[2, 0], [1, 1]]: I = 0.2158..., H(Y) = log 2, H(A) = H(3/4, 1/4)
+    ys = [0, 0, 1, 1]
+    ns = [0, 0, 0, 1]
+    mi = (
+        0.5 * math.log(0.5 / (0.5 * 0.75))
+        + 0.25 * math.log(0.25 / (0.5 * 0.75))
+        + 0.25 * math.log(0.25 / (0.5 * 0.25))
+    )
+    h_a = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert routing_nmi(ys, ns) == pytest.approx(2 * mi / (math.log(2) + h_a), rel=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# specialization
+
+
+@st.composite
+def routed(draw):
+    n = draw(st.integers(1, 25))
+    num_layers = draw(st.integers(1, 3))
+    num_neurons = draw(st.integers(1, 4))
+    num_classes = draw(st.integers(1, 5))
+    channels = draw(st.integers(1, 4))
+    sel = draw(
+        st.lists(
+            st.lists(st.integers(0, num_neurons - 1), min_size=num_layers, max_size=num_layers),
+            min_size=n,
+            max_size=n,
+        )
+    )
+    labels = draw(st.lists(st.integers(0, num_classes - 1), min_size=n, max_size=n))
+    gates = draw(
+        st.lists(
+            st.lists(
+                st.lists(st.sampled_from([0.0, 1.0]), min_size=channels, max_size=channels),
+                min_size=num_layers,
+                max_size=num_layers,
+            ),
+            min_size=n,
+            max_size=n,
+        )
+    )
+    cues = draw(
+        st.lists(st.sampled_from(["spatial", "temporal", None]), min_size=num_classes, max_size=num_classes)
+    )
+    return sel, labels, gates, cues, num_neurons, num_classes
+
+
+def assert_same_stats(got: dict[str, float], expected: dict[str, float]) -> None:
+    assert set(got) == set(expected)
+    for key, value in expected.items():
+        assert type(got[key]) is float, key
+        assert math.isclose(got[key], value, rel_tol=1e-9, abs_tol=1e-12), key
+
+
+@given(routed())
+def test_specialization_stats_match_literal_loops(data):
+    sel, labels, gates, cues, num_neurons, num_classes = data
+    got = specialization_stats(
+        torch.tensor(sel), torch.tensor(labels), num_neurons, num_classes, torch.tensor(gates), cues
+    )
+    assert_same_stats(got, loop_specialization(sel, labels, num_neurons, gates, cues))
+    json.dumps(got, allow_nan=False)
+
+
+@given(routed())
+def test_specialization_stats_without_gates_or_cues(data):
+    sel, labels, gates, cues, num_neurons, num_classes = data
+    assert_same_stats(
+        specialization_stats(np.array(sel), np.array(labels), num_neurons, num_classes),
+        loop_specialization(sel, labels, num_neurons),
+    )
+    assert_same_stats(
+        specialization_stats(np.array(sel), np.array(labels), num_neurons, num_classes, np.array(gates)),
+        loop_specialization(sel, labels, num_neurons, gates),
+    )
+
+
+@given(routed())
+def test_usage_fractions_sum_to_one_and_entropy_bounds(data):
+    sel, labels, _, _, num_neurons, num_classes = data
+    stats = specialization_stats(sel, labels, num_neurons, num_classes)
+    for j in range(len(sel[0])):
+        total = sum(stats[f"layer{j}/usage/neuron{i}"] for i in range(num_neurons))
+        assert math.isclose(total, 1.0, rel_tol=1e-12)
+        assert 0.0 <= stats[f"layer{j}/usage_entropy"] <= math.log(num_neurons) + 1e-12
+        assert 0.0 <= stats[f"layer{j}/usage_entropy_norm"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("n", "top", "expected"),
+    [(10, 9, 0.0), (11, 10, 1.0), (20, 19, 1.0), (10, 10, 1.0), (100, 90, 0.0), (100, 91, 1.0)],
+)
+def test_collapse_flag_is_strictly_above_ninety_percent(n, top, expected):
+    sel = np.array([[2, i % 3] for i in range(top)] + [[1, i % 3] for i in range(n - top)])
+    labels = np.arange(n) % 3
+    stats = specialization_stats(sel, labels, num_neurons=3, num_classes=3)
+    assert stats["layer0/collapse"] == expected
+    assert stats["layer0/max_usage"] == top / n
+    assert stats["layer1/collapse"] == 0.0  # spread evenly over the three neurons
+    warnings = collapse_warnings(stats)
+    if expected:
+        assert warnings == [
+            f"layer0: routing collapsed, neuron 2 takes {top / n:.1%} of the samples (3 neurons)"
+        ]
+    else:
+        assert not any(w.startswith("layer0:") for w in warnings)
+
+
+def test_collapse_warnings_name_each_collapsed_layer_in_order():
+    n = 40
+    sel = np.zeros((n, 12), dtype=np.int64)
+    sel[:, 3] = np.arange(n) % 4  # spread: no collapse
+    sel[:, 0] = 1  # everything to neuron 1
+    sel[:, 10] = 3
+    sel[:, 10][:2] = 0  # 95% to neuron 3
+    stats = specialization_stats(sel, np.arange(n) % 5, num_neurons=4, num_classes=5)
+    collapsed = [j for j in range(12) if stats[f"layer{j}/collapse"] == 1.0]
+    assert collapsed == [0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11]
+    lines = collapse_warnings(stats)
+    assert len(lines) == len(collapsed)
+    assert lines[0] == "layer0: routing collapsed, neuron 1 takes 100.0% of the samples (4 neurons)"
+    assert lines[1].startswith("layer1: ") and lines[-1].startswith("layer11: ")
+    assert lines[-2] == "layer10: routing collapsed, neuron 3 takes 95.0% of the samples (4 neurons)"
+
+
+def test_collapse_warnings_with_prefixed_keys():
+    sel = np.array([[0, 0]] * 19 + [[1, 1]])
+    stats = specialization_stats(sel, np.arange(20) % 2, num_neurons=2, num_classes=2)
+    assert stats["layer1/collapse"] == 1.0
+    merged = {"test/top1": 0.5, **{f"test/{k}": v for k, v in stats.items()}}
+    assert collapse_warnings(merged) == [
+        "test/layer0: routing collapsed, neuron 0 takes 95.0% of the samples (2 neurons)",
+        "test/layer1: routing collapsed, neuron 0 takes 95.0% of the samples (2 neurons)",
+    ]
+
+
+def test_one_neuron_never_counts_as_collapse():
+    stats = specialization_stats(np.zeros((5, 2), dtype=np.int64), np.arange(5), num_neurons=1, num_classes=5)
+    assert stats["layer0/collapse"] == 0.0 and stats["layer0/usage_entropy_norm"] == 0.0
+    assert stats["layer0/usage/neuron0"] == 1.0 and stats["layer0/nmi"] == 0.0
+    assert collapse_warnings(stats) == []
+
+
+def test_cue_fractions_on_a_hand_made_case():
+    # class 0 temporal, class 1 spatial, class 2 unknown; two gate channels
+    labels = [0, 0, 1, 1, 2]
+    sel = [[0], [1], [0], [1], [1]]
+    gates = [[[1, 1]], [[1, 0]], [[0, 0]], [[0, 1]], [[1, 1]]]
+    stats = specialization_stats(
+        sel, labels, 2, 3, np.array(gates, dtype=np.float32), ["temporal", "spatial", None]
+    )
+    assert stats["layer0/temporal_fraction/temporal_cue"] == 0.75
+    assert stats["layer0/temporal_fraction/spatial_cue"] == 0.25
+    assert stats["layer0/temporal_fraction/cue_gap"] == 0.5
+    assert stats["layer0/temporal_fraction/neuron0"] == 0.5
+    assert stats["layer0/temporal_fraction/neuron1"] == pytest.approx(2 / 3)
+    assert stats["layer0/temporal_fraction/all"] == 0.6
+
+
+def test_unrouted_neuron_and_missing_cue_keys_are_left_out():
+    stats = specialization_stats([[0], [0]], [0, 0], 3, 2, [[[1.0]], [[0.0]]], ["spatial", "temporal"])
+    assert "layer0/temporal_fraction/neuron0" in stats
+    assert "layer0/temporal_fraction/neuron1" not in stats
+    assert "layer0/temporal_fraction/spatial_cue" in stats
+    assert "layer0/temporal_fraction/temporal_cue" not in stats
+    assert "layer0/temporal_fraction/cue_gap" not in stats
+    assert stats["layer0/usage/neuron1"] == 0.0
+
+
+@given(routed())
+def test_class_neuron_usage_matches_loop(data):
+    sel, labels, _, _, num_neurons, num_classes = data
+    for layer in range(len(sel[0])):
+        got = class_neuron_usage(torch.tensor(sel), labels, layer, num_classes, num_neurons)
+        assert got.shape == (num_classes, num_neurons)
+        for k in range(num_classes):
+            mine = [row[layer] for row, y in zip(sel, labels) if y == k]
+            if not mine:
+                assert np.isnan(got[k]).all()
+                continue
+            for i in range(num_neurons):
+                assert math.isclose(got[k, i], mine.count(i) / len(mine), rel_tol=1e-12)
+            assert math.isclose(got[k].sum(), 1.0, rel_tol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# bad input
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: top_k_accuracy(np.zeros((3, 4)), [0, 1], 1), "3 samples but labels has 2"),
+        (lambda: top_k_accuracy(np.zeros((3, 4)), [0, 1, 4], 1), "labels: value 4 is outside [0, 4)"),
+        (lambda: top_k_accuracy(np.zeros((3, 4)), [0, 1, 2], 0), "k: expected a positive integer"),
+        (lambda: top_k_accuracy(np.zeros(4), [0], 1), "scores: expected shape (n, K)"),
+        (lambda: top_k_accuracy(np.full((1, 2), np.nan), [0], 1), "scores: contains NaN"),
+        (lambda: top_k_accuracy(np.zeros((0, 2)), np.zeros(0, dtype=int), 1), "labels: no samples"),
+        (lambda: mean_class_accuracy([0, 1], [0.0, 1.0], 2), "labels: expected integers"),
+        (lambda: mean_class_accuracy([0, -1], [0, 1], 2), "preds: value -1 is outside [0, 2)"),
+        (lambda: confusion_matrix([0], [0], 0), "num_classes: expected a positive integer"),
+        (lambda: routing_nmi([0, 1], [0]), "labels has 2 samples but neurons has 1"),
+        (lambda: routing_nmi([], []), "labels: no samples"),
+        (lambda: specialization_stats([[0, 5]], [0], 4, 2), "selection: value 5 is outside [0, 4)"),
+        (lambda: specialization_stats([0, 1], [0, 1], 4, 2), "selection: expected 2 dimension(s)"),
+        (lambda: specialization_stats([[0]], [0], 2, 2, gates=[[0.5]]), "gates: expected shape (1, 1, C)"),
+        (lambda: specialization_stats([[0]], [0], 2, 2, gates=[[[1.5]]]), "gates: values must lie in [0, 1]"),
+        (lambda: specialization_stats([[0]], [0], 2, 2, class_cues=["spatial"]), "class_cues: expected 2"),
+        (lambda: specialization_stats([[0]], [0], 2, 2, class_cues=["spatial", "x"]), "class_cues[1]"),
+        (lambda: class_neuron_usage([[0]], [0], 1, 2, 2), "layer: expected an index in [0, 1)"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_problem(call, message):
+    with pytest.raises(MetricsError) as info:
+        call()
+    text = str(info.value)
+    assert message in text and "\n" not in text
+    assert isinstance(info.value, ValueError)
