@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS := 1
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: setup repro test test-fast bench lint ui clean
+.PHONY: setup repro test test-fast bench lint ui mlflow-server clean
 
 # The install runs only when requirements.txt or pyproject.toml changed since the last one.
 setup:
@@ -46,6 +46,17 @@ lint: setup
 
 ui: setup
 	mlflow ui --host $(HOST) --port $(PORT) --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
+
+# A shared tracking server for several trainers (torchrun ranks, DVC queue workers, machines).
+# MLFLOW_BACKEND: any SQLAlchemy URI (postgresql://user:pass@host/db); MLFLOW_ARTIFACTS: a folder or an
+# object-store URI (s3://bucket/path). Point trainers at it with MLFLOW_TRACKING_URI=http://HOST:PORT.
+MLFLOW_BACKEND ?= sqlite:///$(CURDIR)/mlflow.db
+MLFLOW_ARTIFACTS ?= $(CURDIR)/mlartifacts
+MLFLOW_WORKERS ?= 1
+mlflow-server: setup
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false} \
+	mlflow server --host $(HOST) --port $(PORT) --workers $(MLFLOW_WORKERS) \
+	  --backend-store-uri "$(MLFLOW_BACKEND)" --artifacts-destination "$(MLFLOW_ARTIFACTS)"
 
 clean:
 	rm -rf runs reports data/generated .pytest_cache .benchmarks
