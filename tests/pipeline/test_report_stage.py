@@ -1,0 +1,167 @@
+"""``python -m pipeline.report`` end to end on fake run folders: every output, a summary that equals
+an independent recomputation and does not change on a rerun, and one error line (exit 2, nothing
+written) for a missing metrics file."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.test_report import write_fake_runs
+
+ROOT = Path(__file__).resolve().parents[2]
+VARIANTS = ["baseline", "static", "dsts_udl"]
+SEEDS = [0, 1, 2]
+T975_DF2 = 4.302652729749464  # exact: 0.95 / sqrt(2 * 0.975 * 0.025)
+T80_DF2 = 1.0606601717798212  # exact: 0.6 / sqrt(0.32)
+OUTPUTS = {
+    "ablation.csv",
+    "ablation.md",
+    "comparisons.csv",
+    "learning_curves.png",
+    "mca_ci.png",
+    "runs.csv",
+    "specialization.csv",
+    "specialization.png",
+    "summary.json",
+    "top1_ci.png",
+}
+
+
+def run_report(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true", DVC_NO_ANALYTICS="1")
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.report", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["variants"] = VARIANTS
+    params["seeds"] = SEEDS
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (tmp_path / "ablations").symlink_to(ROOT / "ablations", target_is_directory=True)
+    fake = write_fake_runs(tmp_path / "runs", VARIANTS, SEEDS)
+    return tmp_path, fake
+
+
+def args_for(ws: Path, out: str = "reports") -> list[str]:
+    return [
+        "--runs",
+        str(ws / "runs"),
+        "--out",
+        str(ws / out),
+        "--params",
+        str(ws / "params.yaml"),
+        "--no-cost",
+    ]
+
+
+def expected_summary(fake: dict) -> dict[str, float]:
+    """The headline numbers of summary.json from numpy and the closed-form t of 2 degrees of freedom."""
+    out: dict[str, float] = {}
+    for v in VARIANTS:
+        for metric, key in (("top1", "test/top1"), ("mca", "test/mean_class_accuracy")):
+            x = np.array([fake[(v, s)][key] for s in SEEDS])
+            half = T975_DF2 * x.std(ddof=1) / math.sqrt(3)
+            out[f"{v}/{metric}_mean"] = x.mean()
+            out[f"{v}/{metric}_sd"] = x.std(ddof=1)
+            out[f"{v}/{metric}_ci_low"] = x.mean() - half
+            out[f"{v}/{metric}_ci_high"] = x.mean() + half
+        out[f"{v}/n_seeds"] = 3
+    for ref in ("dsts_udl", "static"):
+        for v in VARIANTS:
+            if v == ref:
+                continue
+            d = np.array([fake[(v, s)]["test/top1"] - fake[(ref, s)]["test/top1"] for s in SEEDS])
+            t = d.mean() / (d.std(ddof=1) / math.sqrt(3))
+            key = f"{v}_vs_{ref}/top1"
+            out[f"{key}_diff"] = d.mean()
+            out[f"{key}_p_value"] = 1 - abs(t) / math.sqrt(2 + t * t)  # two-sided, df = 2
+            out[f"{key}_mdd"] = (T975_DF2 + T80_DF2) * d.std(ddof=1) / math.sqrt(3)
+            out[f"{key}_n_pairs"] = 3
+    gaps = np.array(
+        [
+            np.mean([fake[("dsts_udl", s)][f"test/layer{j}/temporal_fraction/cue_gap"] for j in range(2)])
+            for s in SEEDS
+        ]
+    )
+    t = gaps.mean() / (gaps.std(ddof=1) / math.sqrt(3))
+    out["dsts_udl/cue_gap_mean"] = gaps.mean()
+    out["dsts_udl/cue_gap_p_value"] = 1 - abs(t) / math.sqrt(2 + t * t)
+    out["baseline/num_parameters"] = 145180.0
+    return out
+
+
+def test_help():
+    res = run_report("--help")
+    assert res.returncode == 0
+    assert "--no-cost" in res.stdout and "--runs" in res.stdout and "summary.json" in res.stdout
+
+
+def test_report_end_to_end(workspace):
+    ws, fake = workspace
+    res = run_report(*args_for(ws))
+    assert res.returncode == 0, res.stderr
+    out = ws / "reports"
+    assert {p.name for p in out.iterdir()} == OUTPUTS
+    assert [p.name for p in ws.iterdir() if p.name.startswith(".")] == []  # no staging folder left
+
+    summary = json.loads((out / "summary.json").read_text())
+    expected = expected_summary(fake)
+    for key, value in expected.items():
+        assert summary[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+    assert all(math.isfinite(v) for v in summary.values())
+    assert "baseline/cue_gap_mean" not in summary and not any("latency" in k for k in summary)
+    assert "dsts_udl_vs_dsts_udl/top1_diff" not in summary
+
+    text = (out / "ablation.md").read_text()
+    for v in VARIANTS:
+        assert f"| {v} |" in text
+    p = summary["dsts_udl_vs_static/top1_p_value"]
+    verdict = "significant at α=0.05" if p < 0.05 else "no significant difference at α=0.05"
+    assert f"dsts_udl vs static: {100 * summary['dsts_udl_vs_static/top1_diff']:+.1f} points top-1" in text
+    assert verdict in text.split("dsts_udl vs static:")[1].split("\n")[0]
+
+    # a rerun on the same files writes the same summary, byte for byte
+    first = (out / "summary.json").read_bytes()
+    again = run_report(*args_for(ws))
+    assert again.returncode == 0, again.stderr
+    assert (out / "summary.json").read_bytes() == first
+
+
+def test_missing_metrics_file_is_one_line_and_writes_nothing(workspace):
+    ws, _ = workspace
+    missing = ws / "runs" / "static" / "seed1" / "metrics.json"
+    missing.unlink()
+    res = run_report(*args_for(ws))
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(missing) in lines[0]
+    assert not (ws / "reports").exists()
+    assert sorted(p.name for p in ws.iterdir()) == ["ablations", "params.yaml", "runs"]
+
+
+def test_bad_params_list_is_one_line(workspace):
+    ws, _ = workspace
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["seeds"] = []
+    (ws / "params.yaml").write_text(yaml.safe_dump(params))
+    res = run_report(*args_for(ws))
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0 and "seeds" in res.stderr
+    assert not (ws / "reports").exists()
