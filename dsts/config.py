@@ -68,12 +68,13 @@ class DSTSConfig:
     num_layers: int = 2
     num_neurons: int = 4
     specialization: Literal["st", "3d"] = "st"
-    routing: Literal["dense", "sparse"] = "dense"
+    routing: Literal["dense", "sparse"] = "sparse"  # provisional, by speed (see dsts.DSTS)
     tau: float = 1.0
     gate_noise_std: float = 1.0
     gate_noise: Literal["normal", "truncated"] = "normal"
     p_hard: float = 0.5
     hard_warmup_epochs: int = 0
+    score_init_std: float = 1e-4  # std of the scoring kernels at init (selection not saturated)
 
 
 @dataclass
@@ -270,9 +271,25 @@ def _check(cfg: Config) -> None:
         ("model.dsts.num_neurons", cfg.model.dsts.num_neurons, cfg.model.dsts.num_neurons >= 1, ">= 1"),
         ("model.dsts.channels", cfg.model.dsts.channels, cfg.model.dsts.channels >= 1, ">= 1"),
         ("model.dsts.tau", cfg.model.dsts.tau, cfg.model.dsts.tau > 0, "> 0"),
-        ("model.dsts.gate_noise_std", cfg.model.dsts.gate_noise_std, cfg.model.dsts.gate_noise_std >= 0, ">= 0"),
+        (
+            "model.dsts.gate_noise_std",
+            cfg.model.dsts.gate_noise_std,
+            cfg.model.dsts.gate_noise_std >= 0,
+            ">= 0",
+        ),
         ("model.dsts.p_hard", cfg.model.dsts.p_hard, 0 <= cfg.model.dsts.p_hard <= 1, "in [0, 1]"),
-        ("model.dsts.hard_warmup_epochs", cfg.model.dsts.hard_warmup_epochs, cfg.model.dsts.hard_warmup_epochs >= 0, ">= 0"),
+        (
+            "model.dsts.score_init_std",
+            cfg.model.dsts.score_init_std,
+            cfg.model.dsts.score_init_std >= 0,
+            ">= 0",
+        ),
+        (
+            "model.dsts.hard_warmup_epochs",
+            cfg.model.dsts.hard_warmup_epochs,
+            cfg.model.dsts.hard_warmup_epochs >= 0,
+            ">= 0",
+        ),
         ("model.dropout", cfg.model.dropout, 0 <= cfg.model.dropout < 1, "in [0, 1)"),
         ("train.epochs", cfg.train.epochs, cfg.train.epochs >= 1, ">= 1"),
         ("train.batch_size", cfg.train.batch_size, cfg.train.batch_size >= 1, ">= 1"),
@@ -286,7 +303,12 @@ def _check(cfg: Config) -> None:
         ("train.grad_clip", cfg.train.grad_clip, cfg.train.grad_clip >= 0, ">= 0"),
         ("train.updates_per_step", cfg.train.updates_per_step, cfg.train.updates_per_step >= 1, ">= 1"),
         ("train.seed", cfg.train.seed, cfg.train.seed >= 0, ">= 0"),
-        ("train.device", cfg.train.device, cfg.train.device in ("auto", "cpu") or cfg.train.device.startswith("cuda"), "auto, cpu or cuda[:N]"),
+        (
+            "train.device",
+            cfg.train.device,
+            cfg.train.device in ("auto", "cpu") or cfg.train.device.startswith("cuda"),
+            "auto, cpu or cuda[:N]",
+        ),
         ("udl.inner_lr", cfg.udl.inner_lr, cfg.udl.inner_lr >= 0, ">= 0"),
         ("udl.fd_eps", cfg.udl.fd_eps, cfg.udl.fd_eps > 0, "> 0"),
         ("data.num_classes", cfg.data.num_classes, cfg.data.num_classes >= 0, ">= 0"),
@@ -297,10 +319,25 @@ def _check(cfg: Config) -> None:
         ("data.test_clips", cfg.data.test_clips, cfg.data.test_clips >= 1, ">= 1"),
         ("data.test_crops", cfg.data.test_crops, cfg.data.test_crops in (1, 3), "1 or 3"),
         ("data.num_workers", cfg.data.num_workers, cfg.data.num_workers >= 0, ">= 0"),
-        ("data.generate.clips_per_class_train", cfg.data.generate.clips_per_class_train, cfg.data.generate.clips_per_class_train >= 1, ">= 1"),
-        ("data.generate.clips_per_class_test", cfg.data.generate.clips_per_class_test, cfg.data.generate.clips_per_class_test >= 1, ">= 1"),
+        (
+            "data.generate.clips_per_class_train",
+            cfg.data.generate.clips_per_class_train,
+            cfg.data.generate.clips_per_class_train >= 1,
+            ">= 1",
+        ),
+        (
+            "data.generate.clips_per_class_test",
+            cfg.data.generate.clips_per_class_test,
+            cfg.data.generate.clips_per_class_test >= 1,
+            ">= 1",
+        ),
         ("data.generate.frames", cfg.data.generate.frames, cfg.data.generate.frames >= 4, ">= 4"),
-        ("data.generate.size", cfg.data.generate.size, cfg.data.generate.size >= 16 and cfg.data.generate.size % 2 == 0, "even and >= 16"),
+        (
+            "data.generate.size",
+            cfg.data.generate.size,
+            cfg.data.generate.size >= 16 and cfg.data.generate.size % 2 == 0,
+            "even and >= 16",
+        ),
         ("data.generate.seed", cfg.data.generate.seed, cfg.data.generate.seed >= 0, ">= 0"),
         ("eval.batch_size", cfg.eval.batch_size, cfg.eval.batch_size >= 1, ">= 1"),
         ("eval.top_k", cfg.eval.top_k, cfg.eval.top_k >= 1, ">= 1"),

@@ -1,0 +1,68 @@
+"""The whole network: backbone, DSTS (with its skip connection), global average pooling, dropout, head."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from dsts.backbones import BACKBONE_CHANNELS, build_backbone
+from dsts.config import Config, ConfigError
+from dsts.module import DSTS
+
+
+class DSTSNet(nn.Module):
+    """``(B, 3, T, H, W) -> logits (B, num_classes)``. ``dsts`` is None for the baseline."""
+
+    def __init__(
+        self, backbone: nn.Module, dsts: DSTS | None, channels: int, num_classes: int, dropout: float
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.dsts = dsts
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(channels, num_classes)
+
+    def features(self, x: Tensor) -> Tensor:
+        """The pooled ``(B, C)`` features the head classifies."""
+        f = self.backbone(x)
+        if self.dsts is not None:
+            f = self.dsts(f)
+        return f.mean(dim=(2, 3, 4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.dropout(self.features(x)))
+
+
+def build_model(config: Config, num_classes: int | None = None) -> DSTSNet:
+    """Backbone, DSTS (``model.dsts.enabled``; ``static`` is ``num_neurons = 1``), pooling, dropout and
+    a linear head. ``num_classes`` overrides ``config.data.num_classes`` (the trainer takes it from
+    the data set). ``model.dsts.channels`` must equal the backbone's output width (64 for small3d,
+    512 for the torchvision ResNets): it is checked, not silently replaced."""
+    classes = num_classes if num_classes is not None else config.data.num_classes
+    if classes is None or classes < 1:
+        raise ConfigError(
+            f"data.num_classes: {classes!r}; build_model needs the number of classes (set it, or pass num_classes)"
+        )
+    m = config.model
+    width = BACKBONE_CHANNELS[m.backbone]
+    backbone = build_backbone(m.backbone, m.pretrained)
+    dsts = None
+    if m.dsts.enabled:
+        d = m.dsts
+        if d.channels != width:
+            raise ConfigError(
+                f"model.dsts.channels: {d.channels} does not match backbone {m.backbone}'s {width} output "
+                f"channels (set model.dsts.channels: {width})"
+            )
+        dsts = DSTS(
+            channels=d.channels,
+            num_layers=d.num_layers,
+            num_neurons=d.num_neurons,
+            specialization=d.specialization,
+            routing=d.routing,
+            tau=d.tau,
+            gate_noise_std=d.gate_noise_std,
+            gate_noise=d.gate_noise,
+            p_hard=d.p_hard,
+            score_init_std=d.score_init_std,
+        )
+    return DSTSNet(backbone, dsts, width, classes, m.dropout)
