@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS := 1
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: setup repro test test-fast bench lint ui mlflow-server clean
+.PHONY: setup repro smoke test test-fast bench lint ui mlflow-server clean
 
 # The install runs only when requirements.txt or pyproject.toml changed since the last one.
 setup:
@@ -30,6 +30,10 @@ setup:
 
 repro: setup
 	dvc repro
+
+# The whole graph at a tiny size (smoke.yaml), in a temporary copy of the workspace.
+smoke: setup
+	python -m pipeline.smoke
 
 test: setup
 	python -m pytest --benchmark-disable $(PYTEST_ARGS)

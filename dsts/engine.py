@@ -8,6 +8,7 @@ and seed give the same numbers on the CPU, interrupted or not.
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import hashlib
@@ -59,25 +60,20 @@ def mix_seed(*parts: int) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-class SeededBatchSampler(torch.utils.data.Sampler[list[int]]):
-    """Batches from a permutation seeded by (seed, stream, epoch): its whole state is the epoch.
+class SeededSampler(torch.utils.data.Sampler[int]):
+    """Indices in a permutation seeded by (seed, stream, epoch): the whole state is the epoch.
 
     ``stream`` separates independent orders over the same data (the training batches and the
-    UDL ``D_val`` batches). ``rank``/``world_size`` shard each permutation for data parallelism.
+    UDL ``D_val`` batches). ``rank``/``world_size`` shard each permutation for data parallelism;
+    the shards are disjoint and equally long. A ``DataLoader`` with ``batch_size`` and
+    ``drop_last=True`` turns it into the batches of :meth:`batches`.
     """
 
     def __init__(
-        self,
-        size: int,
-        batch_size: int,
-        seed: int,
-        stream: int = 0,
-        drop_last: bool = True,
-        rank: int = 0,
-        world_size: int = 1,
+        self, size: int, batch_size: int, seed: int, stream: int = 0, rank: int = 0, world_size: int = 1
     ):
         self.size, self.batch_size, self.seed, self.stream = size, batch_size, seed, stream
-        self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -89,17 +85,21 @@ class SeededBatchSampler(torch.utils.data.Sampler[list[int]]):
         usable = (len(order) // self.world_size) * self.world_size
         return order[:usable][self.rank :: self.world_size]
 
-    def __iter__(self):
+    def batches(self) -> list[list[int]]:
         order = self.indices()
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
-            if len(batch) < self.batch_size and self.drop_last:
-                return
-            yield batch
+        return [
+            order[i : i + self.batch_size]
+            for i in range(0, self.num_batches() * self.batch_size, self.batch_size)
+        ]
+
+    def num_batches(self) -> int:
+        return (self.size // self.world_size) // self.batch_size
+
+    def __iter__(self):
+        return iter(self.indices())
 
     def __len__(self) -> int:
-        n = self.size // self.world_size
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        return self.size // self.world_size
 
 
 def make_optimizer(cfg: Config, params: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer | None:
@@ -257,22 +257,26 @@ class Trainer:
                 f"train.batch_size: {cfg.train.batch_size} is larger than the training set ({len(train_ds)} clips)"
             )
         pin = self.device.type == "cuda"
-        batches = SeededBatchSampler(
-            len(train_ds), cfg.train.batch_size, cfg.train.seed, 0, True, self.rank, self.world_size
+        batches = SeededSampler(
+            len(train_ds), cfg.train.batch_size, cfg.train.seed, 0, self.rank, self.world_size
         )
-        val_batches = SeededBatchSampler(
-            len(train_ds), cfg.train.batch_size, cfg.train.seed, 1, True, self.rank, self.world_size
+        val_batches = SeededSampler(
+            len(train_ds), cfg.train.batch_size, cfg.train.seed, 1, self.rank, self.world_size
         )
+        # D_val: the same clips under their own augmentation draws (a shallow copy shares the cache)
+        val_ds = copy.copy(train_ds)
+        val_ds.seed = mix_seed(cfg.train.seed, 1) % 2**31
         workers = cfg.data.num_workers
-        train_loader = build_loader(
-            train_ds, batch_sampler=batches, seed=cfg.train.seed, num_workers=workers, pin_memory=pin
-        )
-        val_loader = build_loader(
-            train_ds, batch_sampler=val_batches, seed=cfg.train.seed + 1, num_workers=workers, pin_memory=pin
-        )
-        test_loader = build_loader(
-            test_ds, batch_size=cfg.eval.batch_size, num_workers=workers, pin_memory=pin
-        )
+
+        def loader(ds, sampler, batch_size, drop_last):
+            return build_loader(
+                ds, batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last, pin_memory=pin
+            )
+
+        train_loader = loader(train_ds, batches, cfg.train.batch_size, True)
+        val_loader = loader(val_ds, val_batches, cfg.train.batch_size, True)
+        test_loader = loader(test_ds, None, cfg.eval.batch_size, False)
+        self.val_ds = val_ds
         return train_ds, test_ds, batches, val_batches, train_loader, val_loader, test_loader
 
     def _needs_second_batch(self) -> bool:
@@ -298,7 +302,7 @@ class Trainer:
         opt_up = make_optimizer(cfg, upstream.values(), cfg.train.upstream_lr)
         opt_down = make_optimizer(cfg, downstream.values(), cfg.train.lr)
         optimizers = [o for o in (opt_up, opt_down) if o is not None]
-        steps_per_epoch = len(batches)
+        steps_per_epoch = batches.num_batches()
         schedulers = [
             torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(cfg, s, steps_per_epoch))
             for o in optimizers
@@ -350,8 +354,8 @@ class Trainer:
             self._set_p_hard(model, epoch)
             batches.set_epoch(epoch)
             val_batches.set_epoch(epoch)
-            if hasattr(train_ds, "set_epoch"):
-                train_ds.set_epoch(epoch)
+            train_ds.set_epoch(epoch)
+            self.val_ds.set_epoch(epoch)
             sums: dict[str, float] = {}
             seen = 0
             val_iter = iter(val_loader) if self._needs_second_batch() else None

@@ -1,8 +1,8 @@
 """Stage ``evaluate``: test one trained (variant, seed) and write its metrics and plots.
 
 Reads ``runs/<variant>/seed<S>/model.pt``; writes ``metrics.json`` (flat numbers, no timings, so
-that it is byte-identical run after run), ``per_class.csv``, ``confusion.png`` and one
-``usage_layer<j>.png`` (class x neuron) per DSTS layer, and logs them to the MLflow run that
+that it is byte-identical run after run), ``per_class.csv``, and ``plots/``: ``confusion.png`` and
+one ``usage_layer<j>.png`` (class x neuron) per DSTS layer, and logs them to the MLflow run that
 trained the model.
 """
 
@@ -63,7 +63,9 @@ def main() -> int:
             writer.writerow(
                 [k, names[k], cues[k] or "", int(cm[k].sum()), "" if acc != acc else repr(float(acc))]
             )
-    plot_confusion(cm, names, out / "confusion.png")
+    plot_dir = out / "plots"
+    plot_dir.mkdir(exist_ok=True)
+    plot_confusion(cm, names, plot_dir / "confusion.png")
     plots = ["confusion.png"]
     if pred.selection is not None:
         n_neurons = cfg.model.dsts.num_neurons
@@ -84,8 +86,10 @@ def main() -> int:
         tracker = Tracker(cfg)
         with tracker.run(saved["run_id"] or None) as t:
             t.log_metrics(metrics, step=cfg.train.epochs)
-            for name in ["metrics.json", "per_class.csv", *plots]:
-                t.log_artifact(out / name)
+            t.log_artifact(out / "metrics.json")
+            t.log_artifact(out / "per_class.csv")
+            for name in plots:
+                t.log_artifact(plot_dir / name, "plots")
             t.set_tag("eval_status", "done")
     print(
         f"evaluated {cfg.variant} seed {cfg.train.seed}: top1 {metrics['test/top1']:.4f} -> {out / 'metrics.json'}"
