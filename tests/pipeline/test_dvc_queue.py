@@ -65,7 +65,7 @@ def test_dvc_root_is_the_workspace_inside_queued_experiments(tmp_path):
             break
         time.sleep(1)
     if len(records) < 2:
-        subprocess.run(["dvc", "queue", "kill", "--all"], cwd=work, env=env, capture_output=True)
+        subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=work, env=env, capture_output=True)
     assert len(records) == 2, f"queued experiments did not both run: {records}"
     assert sorted(r["x"] for r in records) == ["x: 2", "x: 3"]
     for record in records:
