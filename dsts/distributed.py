@@ -65,6 +65,11 @@ def init_from_env() -> tuple[int, int, torch.device | None]:
     return dist.get_rank(), dist.get_world_size(), device
 
 
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def all_reduce_mean(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """The mean over ranks of every tensor, in one flat buffer per dtype (a no-op for one process)."""
     if world()[1] == 1 or not tensors:

@@ -237,11 +237,14 @@ class Trainer:
         run_id: str | None = None,
         rank: int = 0,
         world_size: int = 1,
+        device: torch.device | None = None,
     ):
         self.cfg, self.out_dir = cfg, Path(out_dir)
         self.on_epoch, self.run_id = on_epoch, run_id
         self.rank, self.world_size = rank, world_size
-        self.device = resolve_device(cfg.train.device)
+        self.device = (
+            device if device is not None and cfg.train.device == "auto" else resolve_device(cfg.train.device)
+        )
         self.log = print if rank == 0 else (lambda *a, **k: None)
 
     # -- pieces
@@ -296,6 +299,11 @@ class Trainer:
         train_ds, test_ds, batches, val_batches, train_loader, val_loader, test_loader = self._data()
         num_classes = train_ds.num_classes
         model = build_model(cfg, num_classes=num_classes).to(device)
+        if self.world_size > 1:  # every rank starts from rank 0's weights
+            import torch.distributed as dist
+
+            for tensor in [*model.parameters(), *model.buffers()]:
+                dist.broadcast(tensor.data, 0)
         if cfg.train.channels_last and device.type == "cuda":
             model = model.to(memory_format=torch.channels_last_3d)
         upstream, downstream = split_parameters(model)
@@ -309,6 +317,8 @@ class Trainer:
         ]
         udl = None
         if cfg.udl.enabled:
+            if self.world_size > 1:
+                from dsts.distributed import DistributedUDLStep as UDLStep  # noqa: N814
             udl = UDLStep(
                 model,
                 opt_up,
@@ -352,6 +362,9 @@ class Trainer:
         for epoch in epochs:
             model.train()
             self._set_p_hard(model, epoch)
+            if self.world_size > 1:
+                # each rank draws its own Gumbel and Semhash noise; the data order (above) is shared
+                torch.manual_seed(mix_seed(cfg.train.seed, 2, self.rank, epoch))
             batches.set_epoch(epoch)
             val_batches.set_epoch(epoch)
             train_ds.set_epoch(epoch)
@@ -390,9 +403,11 @@ class Trainer:
             bar.close()
             row = {"epoch": float(epoch + 1), "lr": optimizers[-1].param_groups[0]["lr"]}
             row.update({f"train/{k}": v / max(1, seen) for k, v in sums.items()})
-            test = predict(model, test_loader, device, bf16)
+            test = predict(model, test_loader, device, bf16) if self.rank == 0 else None
             row.update(
-                evaluation_metrics(
+                {}
+                if test is None
+                else evaluation_metrics(
                     test,
                     num_classes,
                     cfg.model.dsts.num_neurons,

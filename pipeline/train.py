@@ -1,5 +1,8 @@
 """Stage ``train``: train one (variant, seed); resume from its last checkpoint if one exists.
 
+Under ``torchrun --nproc_per_node=K`` it trains data-parallel (gloo on the CPU, NCCL on CUDA):
+each rank takes its shard of every batch, and only rank 0 logs, checkpoints and writes outputs.
+
 Writes ``runs/<variant>/seed<S>/``: ``model.pt`` (state_dict + config), ``history.csv`` (the
 learning curves), ``learning_curves.png``, ``config.yaml`` and ``timing.json``; checkpoints go to
 ``checkpoints/<config hash>.pt`` beside them. The MLflow run of (variant, seed) is opened or continued.
@@ -27,6 +30,16 @@ def main() -> int:
     args = parser.parse_args()
     cfg = config_from_args(args)
 
+    from dsts.distributed import init_from_env, shutdown
+
+    rank, world_size, device = init_from_env()
+    try:
+        return _train(cfg, args, rank, world_size, device)
+    finally:
+        shutdown()
+
+
+def _train(cfg, args, rank: int, world_size: int, device) -> int:
     from dsts.engine import Trainer, checkpoint_path, load_checkpoint, save_model, write_history_csv
     from dsts.plots import plot_learning_curves
 
@@ -35,15 +48,19 @@ def main() -> int:
     run_id = load_checkpoint(ckpt, cfg).get("run_id") if ckpt.exists() else None
 
     tracker = None
-    if cfg.tracking.enabled:
+    if cfg.tracking.enabled and rank == 0:
         from dsts.tracking import Tracker
 
         tracker = Tracker(cfg)
     on_epoch = (lambda row, epoch: tracker.log_metrics(row, step=epoch)) if tracker else None
 
     def train(current_run: str | None):
-        trainer = Trainer(cfg, out, on_epoch=on_epoch, run_id=current_run)
+        trainer = Trainer(
+            cfg, out, on_epoch=on_epoch, run_id=current_run, rank=rank, world_size=world_size, device=device
+        )
         result = trainer.fit()
+        if rank != 0:
+            return result, {}
         out.mkdir(parents=True, exist_ok=True)
         save_model(out / "model.pt", result, cfg)
         write_history_csv(result.history, out / "history.csv")
@@ -60,7 +77,7 @@ def main() -> int:
         return result, timing
 
     if tracker is None:
-        train(None)
+        train(run_id)
         return 0
     with tracker.run(run_id) as t:
         result, timing = train(t.run_id)
