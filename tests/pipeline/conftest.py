@@ -1,0 +1,22 @@
+"""A tiny workspace shared by the end-to-end tests: params shrunk to seconds, generated data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.pipeline.e2e import ROOT, TINY, deep_update, stage
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory) -> Path:
+    """A tiny workspace: params.yaml shrunk to seconds, the real ablations, generated data."""
+    work = tmp_path_factory.mktemp("e2e")
+    params = deep_update(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+    params["data"]["root"] = str(work / "data")
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    (work / "ablations").symlink_to(ROOT / "ablations")
+    stage(work, "pipeline.prepare")
+    return work

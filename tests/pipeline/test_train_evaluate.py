@@ -1,0 +1,172 @@
+"""End to end at a tiny size: prepare, train, evaluate; determinism, kill-and-resume, MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.pipeline.e2e import ROOT, stage
+
+pytestmark = pytest.mark.slow
+
+
+def outputs(run: Path) -> dict[str, bytes]:
+    return {name: (run / name).read_bytes() for name in ("metrics.json", "per_class.csv", "history.csv")}
+
+
+@pytest.mark.parametrize("variant", ["baseline", "dsts_udl"])
+def test_train_then_evaluate(workdir, variant):
+    stage(workdir, "pipeline.train", "--variant", variant, "--seed", "0")
+    stage(workdir, "pipeline.evaluate", "--variant", variant, "--seed", "0")
+    run = workdir / "runs" / variant / "seed0"
+    for name in (
+        "model.pt",
+        "history.csv",
+        "learning_curves.png",
+        "timing.json",
+        "config.yaml",
+        "metrics.json",
+        "per_class.csv",
+        "plots/confusion.png",
+    ):
+        assert (run / name).stat().st_size > 0, name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert all(isinstance(v, (int, float)) for v in metrics.values())
+    assert 0.0 <= metrics["test/top1"] <= metrics["test/top5"] <= 1.0
+    assert not any("seconds" in k for k in metrics), "timings stay out of metrics.json"
+    if variant == "dsts_udl":
+        assert (run / "plots" / "usage_layer0.png").exists()
+        assert "test/layer0/nmi" in metrics and "train/meta_loss" in metrics
+    else:
+        assert not any(k.startswith("test/layer") for k in metrics)
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("dsts-bench-generated")
+    runs = client.search_runs([experiment.experiment_id], f"tags.variant = '{variant}' and tags.seed = '0'")
+    assert len(runs) == 1, "one MLflow run holds training and evaluation"
+    found = runs[0]
+    assert found.info.status == "FINISHED"
+    assert found.data.params["model.dsts.enabled"] == str(variant != "baseline")
+    assert found.data.params["train.epochs"] == "2"
+    assert {"git_commit", "config_hash", "variant", "seed"} <= set(found.data.tags)
+    history = client.get_metric_history(found.info.run_id, "test/top1")
+    assert sorted(m.step for m in history) == [1, 2, 2]  # two epochs, then the evaluation
+    assert found.data.metrics["test/top1"] == pytest.approx(metrics["test/top1"])
+    artifacts = {a.path for a in client.list_artifacts(found.info.run_id)}
+    assert {"metrics.json", "model.pt", "config.yaml", "plots", "learning_curves.png"} <= artifacts
+
+
+def test_same_seed_gives_byte_identical_metrics(workdir):
+    first = workdir / "det_a"
+    second = workdir / "det_b"
+    for out in (first, second):
+        stage(
+            workdir,
+            "pipeline.train",
+            "--variant",
+            "dsts",
+            "--seed",
+            "1",
+            "--out",
+            str(out),
+            "--set",
+            "tracking.enabled=false",
+        )
+        stage(
+            workdir,
+            "pipeline.evaluate",
+            "--variant",
+            "dsts",
+            "--seed",
+            "1",
+            "--out",
+            str(out),
+            "--set",
+            "tracking.enabled=false",
+        )
+    assert outputs(first) == outputs(second)
+
+
+def test_killed_run_resumes_to_the_same_bytes(workdir):
+    args = [
+        "--variant",
+        "dsts_udl_fo",
+        "--seed",
+        "2",
+        "--set",
+        "train.epochs=4",
+        "--set",
+        "tracking.enabled=false",
+    ]
+    straight = workdir / "straight"
+    stage(workdir, "pipeline.train", *args, "--out", str(straight))
+    stage(workdir, "pipeline.evaluate", *args, "--out", str(straight))
+
+    resumed = workdir / "resumed"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CI="true")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.train",
+            "--params",
+            str(workdir / "params.yaml"),
+            *args,
+            "--out",
+            str(resumed),
+        ],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ckpt_dir = resumed / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt_dir.exists() and any(p.suffix == ".pt" for p in ckpt_dir.iterdir()):
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "training ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (resumed / "model.pt").exists()
+
+    again = stage(workdir, "pipeline.train", *args, "--out", str(resumed))
+    assert "resuming" in again.stdout
+    stage(workdir, "pipeline.evaluate", *args, "--out", str(resumed))
+    assert outputs(resumed) == outputs(straight)
+
+
+def test_checkpoint_of_another_config_is_refused_and_kept(workdir):
+    out = workdir / "clash"
+    args = ["--variant", "static", "--seed", "0", "--out", str(out), "--set", "tracking.enabled=false"]
+    stage(workdir, "pipeline.train", *args, "--set", "train.epochs=1")
+    (ckpt,) = (out / "checkpoints").iterdir()  # trained with train.epochs=1
+    from dsts.config import load_config
+
+    cfg = load_config(workdir / "params.yaml", variant="static", seed=0, overrides=["tracking.enabled=false"])
+    clash = out / "checkpoints" / f"{cfg.hash()}.pt"  # where the 2-epoch config looks for its own
+    ckpt.rename(clash)
+    before = clash.read_bytes()
+    proc = stage(workdir, "pipeline.train", *args, check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "another config" in lines[0], proc.stderr
+    assert clash.read_bytes() == before
+
+
+def test_bad_param_exits_2_with_one_line(workdir):
+    proc = stage(
+        workdir, "pipeline.train", "--variant", "dsts", "--set", "model.dsts.num_layers=0", check=False
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "model.dsts.num_layers" in proc.stderr
