@@ -20,13 +20,13 @@ BACKBONE_CHANNELS = {"small3d": 64, "r3d_18": 512, "mc3_18": 512, "r2plus1d_18":
 
 
 def _block(
-    c_in: int, c_out: int, kernel: tuple[int, int, int], stride: tuple[int, int, int]
+    c_in: int, c_out: int, kernel: tuple[int, int, int], stride: tuple[int, int, int], relu: bool = True
 ) -> nn.Sequential:
     padding = tuple(k // 2 for k in kernel)
     return nn.Sequential(
         nn.Conv3d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False),
         nn.BatchNorm3d(c_out),
-        nn.ReLU(inplace=True),
+        nn.ReLU(inplace=True) if relu else nn.Identity(),
     )
 
 
@@ -34,8 +34,15 @@ class Small3D(nn.Sequential):
     """The CPU default: ``(B, 3, T, H, W) -> (B, 64, T/2, H/8, W/8)`` in four conv3d blocks.
 
     A frame-wise 5x5 stem (space /2), a 3x3x3 block (time and space /2), a frame-wise 3x3 block
-    (space /2) and a 3x3x3 block; BatchNorm and ReLU after each conv. Lengths are rounded up
-    (``ceil``), so ``(8, 56, 56)`` gives ``(4, 7, 7)``.
+    (space /2) and a 3x3x3 block; BatchNorm after each conv, ReLU after all but the last. Lengths
+    are rounded up (``ceil``), so ``(8, 56, 56)`` gives ``(4, 7, 7)``.
+
+    The last block ends at its BatchNorm so that the features are centred per channel. The DSTS
+    spike is ``v_i = w_i . sum_p x``: after a ReLU every channel is positive, so ``sum_p x`` is
+    dominated by a common mode shared by all clips, ``v_i`` differs far more across neurons than
+    across clips, and the argmax (evaluation) sends every clip to the same neuron. Measured at
+    initialisation on the generated benchmark (first DSTS layer, 16 training clips): the entropy of
+    the argmax usage is 0.17 to 0.27 of ``log 4`` with the ReLU and 0.96 without it.
     """
 
     out_channels = 64
@@ -45,7 +52,7 @@ class Small3D(nn.Sequential):
             _block(3, 16, (1, 5, 5), (1, 2, 2)),
             _block(16, 32, (3, 3, 3), (2, 2, 2)),
             _block(32, 64, (1, 3, 3), (1, 2, 2)),
-            _block(64, 64, (3, 3, 3), (1, 1, 1)),
+            _block(64, 64, (3, 3, 3), (1, 1, 1), relu=False),
         )
 
 

@@ -21,10 +21,10 @@ from dsts.estimators import GateNoise, gumbel_noise, gumbel_select, improved_sem
 Specialization = Literal["st", "3d"]
 Routing = Literal["dense", "sparse"]
 
-# Chosen by measurement (see the DSTS docstring in dsts/module.py and the issue-3 report).
+# Chosen by measurement (see the DSTS docstring in dsts/module.py and reports 3 and 3b).
 DEFAULT_ROUTING: Routing = "sparse"
-DEFAULT_TAU = 1.0
-DEFAULT_SCORE_INIT_STD = 1e-4
+DEFAULT_TAU = 1000.0
+DEFAULT_SCORE_INIT_STD = 0.1
 
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.1
@@ -58,8 +58,11 @@ def _full_precision(z: Tensor) -> Tensor:
 class DSTSLayer(nn.Module):
     """``N`` specialized neurons over ``C`` channels; maps ``(B, C, T, H, W)`` to the same shape.
 
-    Per sample: spikes ``v = spikes(x)``; selection ``h`` (hard Gumbel-Softmax with straight-through
-    gradient in training, argmax in evaluation, ``softmax(v / tau)`` in relaxed mode); the active
+    Per sample: spikes ``v = spikes(x)``; selection ``h`` over the logits ``v / tau`` (hard
+    Gumbel-Softmax at temperature 1 with straight-through gradient in training, so the choice
+    samples ``softmax(v / tau)``; argmax of ``v`` in evaluation; ``softmax(v / tau)`` in relaxed
+    mode). ``tau`` divides the spike, a sum over ``C * T * H * W`` terms, before any noise, so it alone
+    sets how peaked the selection is (see :class:`dsts.DSTS` for the default); the active
     neuron ``a`` gates each channel to its spatial (``b = 0``) or temporal (``b = 1``) operator by
     Improved Semhash, then ``ReLU(BN(S(X_S))) + ReLU(BN(T(X_T)))`` and the fusion conv; the output
     is ``h_a * f_a(x)``.
@@ -143,7 +146,7 @@ class DSTSLayer(nn.Module):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Operators as ``nn.Conv3d`` would initialise them; scoring kernels ``N(0, score_init_std^2)``
-        (small, so that the selection is not saturated at initialisation); gates ``N(0, 0.1^2)``
+        (with ``tau``, sets the spread of ``v / tau`` at initialisation); gates ``N(0, 0.1^2)``
         (an unbiased random spatial/temporal split in evaluation); BatchNorm ``(1, 0)``."""
         self.score_weight.normal_(0.0, self.score_init_std)
         ops = ("spatial_weight", "temporal_weight") if self.specialization == "st" else ("conv3d_weight",)
@@ -187,18 +190,19 @@ class DSTSLayer(nn.Module):
         v = self.spikes(x)
         gates: Tensor | None = None  # (B, N, C) decisions, per sample and neuron
         if self.relaxed:
-            h = gumbel_select(v, self.tau, hard=False, noise=False)
+            h = gumbel_select(v / self.tau, 1.0, hard=False, noise=False)  # softmax(v / tau)
             selection = h.detach().argmax(dim=-1)
             if self.specialization == "st":
                 gates = saturating_sigmoid(self.gate).unsqueeze(0).expand(batch, n, self.channels)
             out = self._dense(x, h, gates, selection, "batch" if self.training else "running")
         else:
             if self.training:
+                # the selection logits are v / tau: the hard choice samples softmax(v / tau)
                 h = gumbel_select(
-                    v, self.tau, hard=True, gumbels=gumbel_noise((batch, n), v.dtype, v.device, gen)
+                    v / self.tau, 1.0, hard=True, gumbels=gumbel_noise((batch, n), v.dtype, v.device, gen)
                 )
             else:
-                h = gumbel_select(v, self.tau, hard=True, noise=False)
+                h = gumbel_select(v, 1.0, hard=True, noise=False)
             selection = h.detach().argmax(dim=-1)
             if self.specialization == "st":
                 logits = self.gate.unsqueeze(0).expand(batch, n, self.channels)

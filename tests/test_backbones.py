@@ -22,7 +22,23 @@ def test_small3d_downsamples_time_by_2_and_space_by_8(b, t, h, w):
     with torch.no_grad():
         y = model(torch.randn(b, 3, t, h, w))
     assert y.shape == (b, 64, math.ceil(t / 2), math.ceil(h / 8), math.ceil(w / 8))
-    assert torch.all(y >= 0)  # BatchNorm and ReLU last
+
+
+def test_small3d_ends_at_batchnorm_with_centred_channels():
+    """The last block has no ReLU: in training mode each output channel is exactly BatchNorm's
+    output (batch mean 0, biased variance 1 with the initial affine), so it takes both signs, and
+    the clips' pooled features have no common mode across the batch."""
+    torch.manual_seed(0)
+    model = Small3D().train()
+    y = model(torch.randn(4, 3, 4, 24, 24)).detach().double()
+    var, mean = torch.var_mean(y, dim=(0, 2, 3, 4), unbiased=False)
+    torch.testing.assert_close(mean, torch.zeros_like(mean), rtol=0, atol=1e-5)
+    torch.testing.assert_close(var, torch.ones_like(var), rtol=1e-3, atol=1e-3)
+    assert (y < 0).any() and (y > 0).any()
+    pooled = y.sum(dim=(2, 3, 4))
+    torch.testing.assert_close(pooled.mean(0), torch.zeros(64, dtype=torch.float64), rtol=0, atol=1e-3)
+    assert isinstance(model[-1][-1], torch.nn.Identity)
+    assert all(isinstance(block[-1], torch.nn.ReLU) for block in list(model)[:-1])
 
 
 def test_small3d_default_shape():

@@ -321,6 +321,62 @@ def test_training_dense_and_sparse_agree_under_the_same_seed(d):
         assert torch.all(a.grad[unselected] == 0), name
 
 
+@settings(max_examples=expensive(40, 10))
+@given(dims, st.sampled_from(["dense", "sparse"]), st.floats(0.05, 50.0))
+def test_the_selection_logits_are_the_spikes_over_tau(d, routing, tau):
+    """A layer at temperature ``tau`` is the layer at temperature 1 whose scoring kernels are divided
+    by ``tau``: in training the same selection and forward under the same draws, the same gradient
+    for every other parameter, and (chain rule) a scoring-kernel gradient divided by ``tau``; in
+    evaluation the argmax of the same spikes. A temperature applied to the Gumbel-perturbed logits
+    instead (``softmax((v + G) / tau)``) fails all of these."""
+    hot = make_layer(d["c"], d["n"], d["spec"], routing, seed=d["seed"], tau=tau)
+    cold = copy.deepcopy(hot)
+    cold.tau = 1.0
+    with torch.no_grad():
+        cold.score_weight.div_(tau)
+    x = inputs(d)
+    y_hot, y_cold = _run(hot.train(), x, d["seed"]), _run(cold.train(), x, d["seed"])
+    assert torch.equal(hot.last_selection, cold.last_selection)
+    torch.testing.assert_close(y_hot, y_cold, rtol=1e-10, atol=1e-12)
+    probe = torch.randn(y_hot.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    (y_hot * probe).sum().backward()
+    (y_cold * probe).sum().backward()
+    for (name, a), (_, b) in zip(hot.named_parameters(), cold.named_parameters(), strict=True):
+        expected = b.grad / tau if name == "score_weight" else b.grad
+        torch.testing.assert_close(a.grad, expected, rtol=1e-8, atol=1e-12, msg=name)
+    hot.eval()(x)
+    assert torch.equal(hot.last_selection, hot.spikes(x).argmax(-1))
+
+
+def test_the_straight_through_gradient_is_that_of_softmax_of_v_over_tau_plus_g():
+    """Dense training: the spikes' gradient is the gradient of the soft sample
+    ``softmax(v / tau + G)`` (the replayed draw) against each neuron's output."""
+    layer = make_layer(3, 4, "3d", "dense", seed=8, tau=3.0).train()
+    x = torch.randn(6, 3, 2, 3, 3, dtype=torch.float64)
+    probe = torch.randn(6, 3, 2, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    out = layer(x, generator=torch.Generator().manual_seed(4))
+    (grad,) = torch.autograd.grad((out * probe).sum(), layer.score_weight)
+    gumbels, _ = replay_draws(layer, 6, 4)
+    selection = layer.last_selection
+    hard = F.one_hot(selection, 4).double()
+    # each neuron's output on every sample, normalised with its routed samples' statistics
+    with torch.no_grad():
+        outputs = torch.stack(
+            [
+                layer._dense(x, torch.eye(4, dtype=torch.float64)[i].expand(6, 4), None, selection, "routed")
+                for i in range(4)
+            ],
+            dim=1,
+        )
+    score = layer.score_weight.detach().clone().requires_grad_()
+    v = x.sum(dim=(2, 3, 4)) @ score.sum(dim=1).t()
+    soft = torch.softmax(v / 3.0 + gumbels, -1)
+    weights = hard + soft - soft.detach()
+    ref = (weights.view(6, 4, 1, 1, 1, 1) * outputs).sum(1)
+    (expected,) = torch.autograd.grad((ref * probe).sum(), score)
+    torch.testing.assert_close(grad, expected, rtol=1e-9, atol=1e-12)
+
+
 def test_dense_and_sparse_agree_when_most_neurons_get_no_sample():
     d = {"b": 2, "c": 3, "n": 6, "t": 2, "h": 3, "w": 3, "spec": "st", "seed": 4}
     dense = make_layer(3, 6, "st", "dense", seed=4).train()
@@ -405,17 +461,19 @@ def test_gate_zero_ignores_the_temporal_operator_and_gate_one_the_spatial(routin
 
 
 def test_randomness_contract_gumbel_then_semhash_noise_then_mask():
-    """With a generator, the selection is argmax(v + G) for the first (B, N) draw, and the gates are
-    Semhash with the next (B, N, C) noise and (B, N, C) mask, in both routings; the global RNG is
-    not touched."""
+    """With a generator, the selection is argmax(v / tau + G) for the first (B, N) draw (it samples
+    softmax(v / tau)), and the gates are Semhash with the next (B, N, C) noise and (B, N, C) mask, in
+    both routings; the global RNG is not touched."""
     x = torch.randn(7, 4, 2, 3, 3, dtype=torch.float64)
     for routing in ("dense", "sparse"):
-        layer = make_layer(4, 3, "st", routing, seed=3, gate_noise_std=0.8, p_hard=0.4).train()
+        layer = make_layer(4, 3, "st", routing, seed=3, gate_noise_std=0.8, p_hard=0.4, tau=4.0).train()
         state = torch.get_rng_state()
         layer(x, generator=torch.Generator().manual_seed(21))
         assert torch.equal(torch.get_rng_state(), state)
         gumbels, gates = replay_draws(layer, 7, 21)
-        expected = (layer.spikes(x) + gumbels).argmax(-1)
+        expected = (layer.spikes(x) / 4.0 + gumbels).argmax(-1)
+        # the case discriminates: temperature-1 logits (v + G) would pick otherwise
+        assert not torch.equal(expected, (layer.spikes(x) + gumbels).argmax(-1))
         assert torch.equal(layer.last_selection, expected)
         assert torch.equal(layer.last_gates, gates[torch.arange(7), expected])
         layer.generator = torch.Generator().manual_seed(21)  # the attribute works the same way

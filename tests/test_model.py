@@ -1,5 +1,5 @@
-"""build_model: the variants, the checks, split_parameters on the whole model, and the
-initial selection entropy that fixed the defaults of tau and the scoring kernels' scale."""
+"""build_model: the variants, the checks, split_parameters on the whole model, and the routing
+properties that fixed the defaults of tau, the scoring kernels' scale and small3d's last block."""
 
 from __future__ import annotations
 
@@ -148,3 +148,50 @@ def test_the_selection_is_not_saturated_at_initialisation():
         assert entropy > 0.5 * math.log(4)
         model.dsts(features.repeat(8, 1, 1, 1, 1))
     assert len(model.dsts.last_selection[:, 0].unique()) == 4
+
+
+def test_evaluation_routing_has_no_common_mode_at_initialisation():
+    """With small3d's centred features, the first layer's spikes have a batch mean of zero for every
+    neuron (``v_i = w_i . sum_p x`` and ``sum_p x`` is centred by BatchNorm), so the argmax (the
+    evaluation routing) depends on the clip and spreads the clips over the neurons."""
+    torch.manual_seed(1)
+    model = build_model(config(), num_classes=10).train()
+    with torch.no_grad():
+        features = model.backbone(torch.randn(32, 3, 8, 56, 56)).double()
+        v = model.dsts.layers[0].spikes(features)
+    assert v.abs().max() > 10 * v.mean(0).abs().max()
+    usage = torch.bincount(v.argmax(-1), minlength=4)
+    assert (usage > 0).sum() >= 3
+
+
+def test_default_adamw_steps_do_not_collapse_the_routing():
+    """The point of ``tau``: at the default AdamW learning rate for the upstream parameters, a few
+    dozen steps on random clips leave softmax(v / tau) far from one-hot and the hard selection on
+    several neurons in every layer."""
+    from dsts.udl import split_parameters
+
+    torch.manual_seed(0)
+    cfg = config()
+    model = build_model(cfg, num_classes=4).train()
+    upstream, downstream = split_parameters(model)
+    opts = [
+        torch.optim.AdamW(upstream.values(), lr=cfg.train.upstream_lr, weight_decay=cfg.train.weight_decay),
+        torch.optim.AdamW(downstream.values(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay),
+    ]
+    gen = torch.Generator().manual_seed(0)
+    inputs: dict[int, torch.Tensor] = {}
+    for j, layer in enumerate(model.dsts.layers):
+        layer.register_forward_pre_hook(lambda m, args, j=j: inputs.__setitem__(j, args[0].detach()))
+    for _ in range(20):
+        x = torch.randn(8, 3, 8, 32, 32, generator=gen)
+        y = torch.randint(0, 4, (8,), generator=gen)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        for opt in opts:
+            opt.zero_grad()
+        loss.backward()
+        for opt in opts:
+            opt.step()
+    for j, layer in enumerate(model.dsts.layers):
+        probs = torch.softmax(layer.spikes(inputs[j]) / layer.tau, -1)
+        entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1).mean().item()
+        assert entropy > 0.3 * math.log(4), j
