@@ -55,7 +55,8 @@ def main() -> int:
     preds = pred.scores.argmax(-1)
     per_class = M.per_class_accuracy(preds, pred.labels, num_classes)
     cm = M.confusion_matrix(preds, pred.labels, num_classes)
-    with open(out / "per_class.csv", "w", newline="") as handle:
+    partial = out / ".per_class.csv.tmp"
+    with open(partial, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["label", "name", "cue", "support", "accuracy"])
         for k in range(num_classes):
@@ -63,6 +64,7 @@ def main() -> int:
             writer.writerow(
                 [k, names[k], cues[k] or "", int(cm[k].sum()), "" if acc != acc else repr(float(acc))]
             )
+    os.replace(partial, out / "per_class.csv")
     plot_dir = out / "plots"
     plot_dir.mkdir(exist_ok=True)
     plot_confusion(cm, names, plot_dir / "confusion.png")
@@ -73,7 +75,7 @@ def main() -> int:
             usage = M.class_neuron_usage(pred.selection, pred.labels, layer, num_classes, n_neurons)
             name = f"usage_layer{layer}.png"
             plot_usage_heatmap(
-                usage, names, out / name, f"{cfg.variant} seed {cfg.train.seed}: layer {layer}"
+                usage, names, plot_dir / name, f"{cfg.variant} seed {cfg.train.seed}: layer {layer}"
             )
             plots.append(name)
         for line in M.collapse_warnings(metrics):
