@@ -87,10 +87,15 @@ def all_reduce_mean(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def all_reduce_grads(model: nn.Module) -> None:
-    """Average ``.grad`` over ranks for every parameter that has one on every rank."""
-    params = {n: p for n, p in model.named_parameters() if p.grad is not None}
-    for name, g in all_reduce_mean({n: p.grad for n, p in params.items()}).items():
-        params[name].grad.copy_(g)
+    """Average ``.grad`` over ranks for every trainable parameter. A parameter that the loss did not
+    reach on this rank counts as a zero gradient, so every rank sends the same buffer."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    grads = {n: torch.zeros_like(p) if p.grad is None else p.grad for n, p in params.items()}
+    for name, g in all_reduce_mean(grads).items():
+        if params[name].grad is None:
+            params[name].grad = g.clone()
+        else:
+            params[name].grad.copy_(g)
 
 
 def distributed_meta_gradient(

@@ -126,7 +126,13 @@ class _Generators:
                 seen.add(id(gen))
                 self.own.append(gen)
         devices = {t.device for t in [*model.parameters(), *model.buffers()]}
-        self.cuda = sorted({d.index if d.index is not None else torch.cuda.current_device() for d in devices if d.type == "cuda"})
+        self.cuda = sorted(
+            {
+                d.index if d.index is not None else torch.cuda.current_device()
+                for d in devices
+                if d.type == "cuda"
+            }
+        )
 
     def get(self) -> tuple[Tensor, list[Tensor], list[Tensor]]:
         return (
@@ -165,14 +171,25 @@ def _substituted_output(module: nn.Module | None, output: Tensor | None) -> Iter
 def _recorded_attributes(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any]]]:
     """Plain tensor attributes a forward may record on a module (``DSTS.last_selection``)."""
     return [
-        (m, {k: v for k, v in vars(m).items() if not k.startswith("_") and (v is None or isinstance(v, Tensor))})
+        (
+            m,
+            {
+                k: v
+                for k, v in vars(m).items()
+                if not k.startswith("_") and (v is None or isinstance(v, Tensor))
+            },
+        )
         for m in model.modules()
     ]
 
 
 def _restore_attributes(saved: list[tuple[nn.Module, dict[str, Any]]]) -> None:
     for module, attrs in saved:
-        for key in [k for k, v in vars(module).items() if not k.startswith("_") and isinstance(v, Tensor) and k not in attrs]:
+        for key in [
+            k
+            for k, v in vars(module).items()
+            if not k.startswith("_") and isinstance(v, Tensor) and k not in attrs
+        ]:
             delattr(module, key)
         for key, value in attrs.items():
             setattr(module, key, value)
@@ -208,12 +225,13 @@ class _Runner:
         if shared is not None and self.backbone is None:
             raise ValueError("UDL: shared backbone features need a model.backbone without DSTS layers")
         self.shared = shared
-        self.retain = shared is not None and scope == "all"  # step 3 goes back through its graph
+        # scope "all" starting from ``shared``: step 3 goes back through its graph afterwards
+        self.retain = shared is not None and bool(self.backbone_names)
 
     def features(self, x: Tensor) -> Tensor | None:
-        """The backbone's output on ``x``, once, without gradient: only where the backbone is held
-        fixed (scope ``"dsts"``) and can be substituted."""
-        if self.backbone is None or self.backbone_names or self.scope == "all":
+        """The backbone's output on ``x``, once, without gradient, where steps 1 and 2 hold the
+        backbone fixed (scope ``"dsts"``, or a frozen backbone) and it can be substituted."""
+        if self.backbone is None or self.backbone_names:
             return None
         state = {n: p.detach() for n, p in self.backbone.named_parameters()}
         state.update({n: b.clone() for n, b in self.backbone.named_buffers()})
@@ -221,17 +239,15 @@ class _Runner:
             return functional_call(self.backbone, state, (x,))
 
     def step1(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor | None, Tensor | None]:
-        """``(d, features for step 1, features for other passes at d)`` on ``D_train``: ``d`` are
-        fresh leaves, except the backbone's real parameters when step 1 starts from ``shared``."""
-        if self.shared is None:
-            features = self.features(x)
-            return _leaves({n: self.downstream[n] for n in self.inner}), features, features
-        d = _leaves({n: self.downstream[n] for n in self.inner if n not in self.backbone_names})
-        if self.scope == "all":
+        """``(d, features for step 1, features for the passes at another d)`` on ``D_train``.
+        ``d`` are fresh leaves, except the backbone's real parameters when step 1 differentiates
+        through ``shared``'s graph (then the passes at another ``d`` run the backbone)."""
+        if self.shared is not None and self.backbone_names:
+            d = _leaves({n: self.downstream[n] for n in self.inner if n not in self.backbone_names})
             d.update({n: self.downstream[n] for n in self.backbone_names})
-            return d, self.shared, None  # passes at another d run the backbone
-        features = self.shared.detach()
-        return d, features, features
+            return d, self.shared, None
+        features = self.features(x) if self.shared is None else self.shared.detach()
+        return _leaves({n: self.downstream[n] for n in self.inner}), features, features
 
     def loss(self, tensors: Mapping[str, Tensor], batch: Batch, features: Tensor | None) -> Tensor:
         x, y = batch
@@ -254,7 +270,9 @@ def cacheable_backbone(model: nn.Module) -> nn.Module | None:
     return backbone
 
 
-def _fixed(model: nn.Module, upstream: Mapping[str, Tensor], downstream: Mapping[str, Tensor], scope: str) -> set[str]:
+def _fixed(
+    model: nn.Module, upstream: Mapping[str, Tensor], downstream: Mapping[str, Tensor], scope: str
+) -> set[str]:
     """Names of the downstream parameters that scope ``"dsts"`` holds fixed in steps 1 and 2."""
     if scope == "all":
         return set()
@@ -337,7 +355,9 @@ def _check_args(inner_lr: float, method: str, fd_eps: float, scope: str) -> None
 
 
 def _check_batch(batch: Any, name: str) -> Batch:
-    if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(t, Tensor) for t in batch)):
+    if not (
+        isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(t, Tensor) for t in batch)
+    ):
         raise ValueError(f"UDL {name}: expected an (x, y) pair of tensors, got {type(batch).__name__}")
     return batch[0], batch[1]
 
@@ -433,9 +453,7 @@ def _autograd_split(run: _Runner, train_batch: Batch, val_batch: Batch, alpha: f
         hv = torch.autograd.grad(outputs, list(u.values()), grad_outputs=weights, allow_unused=True)
     else:
         hv = (None,) * len(u)
-    grads = {
-        n: torch.zeros_like(u[n]) if t is None else _as_grad(-alpha * t, u[n]) for n, t in zip(u, hv)
-    }
+    grads = {n: torch.zeros_like(u[n]) if t is None else _as_grad(-alpha * t, u[n]) for n, t in zip(u, hv)}
     return MetaResult(grads, train_loss.detach(), val_loss.detach())
 
 
@@ -467,14 +485,18 @@ def _backbone_jvp(run: _Runner, x: Tensor, tangents: Mapping[str, Tensor]) -> Te
     return torch.zeros_like(out.primal) if out.tangent is None else out.tangent
 
 
-def _simulated_step(run: _Runner, train_batch: Batch, d: dict[str, Tensor], features: Tensor | None, alpha: float) -> tuple[Tensor, dict[str, Tensor]]:
+def _simulated_step(
+    run: _Runner, train_batch: Batch, d: dict[str, Tensor], features: Tensor | None, alpha: float
+) -> tuple[Tensor, dict[str, Tensor]]:
     """Step 1 without a graph: ``(loss(u, d; D_train), d_hat)``."""
     train_loss = run.loss({**_detached(run.upstream), **d}, train_batch, features)
     g = _grads(train_loss, d, retain_graph=run.retain)
     return train_loss.detach(), {n: (d[n] - alpha * g[n]).detach() for n in d}
 
 
-def _finite_difference(run: _Runner, train_batch: Batch, val_batch: Batch, alpha: float, fd_eps: float) -> MetaResult:
+def _finite_difference(
+    run: _Runner, train_batch: Batch, val_batch: Batch, alpha: float, fd_eps: float
+) -> MetaResult:
     rng = _Generators(run.model)
     d, features, later = run.step1(train_batch[0])
     start = rng.get()
@@ -591,7 +613,15 @@ class UDLStep:
             # so its output (and graph) serves step 1 as well as step 3, one backbone forward fewer.
             shared = None if self.backbone is None else self.backbone(x)
             meta = compute_meta(
-                self.model, (x, y), val_batch, self.inner_lr, self.loss_fn, self.method, self.fd_eps, self.scope, shared
+                self.model,
+                (x, y),
+                val_batch,
+                self.inner_lr,
+                self.loss_fn,
+                self.method,
+                self.fd_eps,
+                self.scope,
+                shared,
             )
             # step 2: u' = u - lr_u * meta-gradient, by the upstream optimizer
             for name, param in self.upstream.items():
@@ -608,7 +638,9 @@ class UDLStep:
                 param = self.downstream[name]
                 param.grad = None if g is None else _as_grad(g, param)
             if self.grad_clip > 0:
-                nn.utils.clip_grad_norm_([p for p in self.downstream.values() if p.grad is not None], self.grad_clip)
+                nn.utils.clip_grad_norm_(
+                    [p for p in self.downstream.values() if p.grad is not None], self.grad_clip
+                )
             self.downstream_optimizer.step()
         return {
             "loss": loss.item(),
@@ -626,5 +658,11 @@ def _check_optimizer(
     want = {id(p) for p in params.values()}
     if held != want:
         missing = [n for n, p in params.items() if id(p) not in held]
-        detail = f"it lacks {missing[0]}" if missing else f"it holds {len(held - want)} parameter(s) that are not {kind}"
-        raise ValueError(f"UDLStep {name}: must hold exactly the {kind} parameters of split_parameters ({detail})")
+        detail = (
+            f"it lacks {missing[0]}"
+            if missing
+            else f"it holds {len(held - want)} parameter(s) that are not {kind}"
+        )
+        raise ValueError(
+            f"UDLStep {name}: must hold exactly the {kind} parameters of split_parameters ({detail})"
+        )

@@ -44,7 +44,9 @@ class Tiny(nn.Module):
         # pinned here, so that these properties do not move with the library's defaults
         dsts_kwargs = {"tau": 1.0, "score_init_std": 0.1, **dsts_kwargs}
         self.backbone = nn.Sequential(
-            nn.Conv3d(in_ch, channels, 3, padding=1, bias=False), nn.BatchNorm3d(channels), nn.ReLU(inplace=True)
+            nn.Conv3d(in_ch, channels, 3, padding=1, bias=False),
+            nn.BatchNorm3d(channels),
+            nn.ReLU(inplace=True),
         )
         self.dsts = dsts.DSTS(channels, layers, neurons, **dsts_kwargs)
         self.head = nn.Linear(channels, classes)
@@ -86,7 +88,9 @@ def problems(draw, max_layers: int = 2, routings=("dense", "sparse"), specializa
     model = model.double()
     with torch.no_grad():
         for layer in model.dsts.layers:
-            layer.score_weight.copy_(torch.randn(layer.score_weight.shape, generator=gen, dtype=torch.float64) * score_std)
+            layer.score_weight.copy_(
+                torch.randn(layer.score_weight.shape, generator=gen, dtype=torch.float64) * score_std
+            )
             if specialization == "st":
                 layer.gate.copy_(torch.randn(layer.gate.shape, generator=gen, dtype=torch.float64))
             for name, param in layer.named_parameters():
@@ -240,7 +244,12 @@ def richardson(f, h: float) -> tuple[float, float, float]:
 
 
 @settings(max_examples=expensive(30, 8))
-@given(problems(), st.sampled_from(("relaxed-eval", "relaxed-train")), st.sampled_from(("all", "dsts")), st.floats(0.05, 1.0))
+@given(
+    problems(),
+    st.sampled_from(("relaxed-eval", "relaxed-train")),
+    st.sampled_from(("all", "dsts")),
+    st.floats(0.05, 1.0),
+)
 def test_autograd_matches_finite_differences_of_the_meta_objective(problem, mode_name, scope, alpha):
     """Directional derivatives of ``F(u) = loss(u0, d - alpha grad_d loss(u, d; D_train); D_val)``
     along random directions, by Richardson-extrapolated central differences in float64."""
@@ -255,7 +264,9 @@ def test_autograd_matches_finite_differences_of_the_meta_objective(problem, mode
             w = {n: torch.randn(t.shape, generator=gen, dtype=t.dtype) for n, t in u0.items()}
 
             def F_at(step, w=w):
-                return meta_objective(model, {n: u0[n] + step * w[n] for n in u0}, u0, scope, alpha, train, val)
+                return meta_objective(
+                    model, {n: u0[n] + step * w[n] for n in u0}, u0, scope, alpha, train, val
+                )
 
             fine, coarse, size = richardson(F_at, h)
             # the rounding of one extrapolated difference: a few ulps of F over the smallest step
@@ -271,7 +282,12 @@ def test_autograd_matches_finite_differences_of_the_meta_objective(problem, mode
 
 
 @settings(max_examples=expensive(30, 8))
-@given(problems(), st.sampled_from(("relaxed-eval", "relaxed-train")), st.sampled_from(("all", "dsts")), st.floats(0.05, 1.0))
+@given(
+    problems(),
+    st.sampled_from(("relaxed-eval", "relaxed-train")),
+    st.sampled_from(("all", "dsts")),
+    st.floats(0.05, 1.0),
+)
 def test_finite_difference_method_agrees_with_autograd(problem, mode_name, scope, alpha):
     model, train, val, _ = problem
     with mode(model, mode_name):
@@ -292,7 +308,11 @@ def test_finite_difference_passes_share_their_draws_in_hard_mode(problem, scope,
         estimates = []
         for fd_eps in (1e-5, 1e-6):
             torch.manual_seed(seed)
-            estimates.append(meta_gradient(model, train, val, alpha, method="finite_difference", fd_eps=fd_eps, scope=scope))
+            estimates.append(
+                meta_gradient(
+                    model, train, val, alpha, method="finite_difference", fd_eps=fd_eps, scope=scope
+                )
+            )
     scale = norm(estimates[1])
     assume(scale > 1e-8)
     assert difference(*estimates) <= 1e-4 * scale
@@ -307,7 +327,9 @@ def test_straight_through_makes_the_mixed_partials_differ_in_hard_mode():
     torch.manual_seed(3)
     model = Tiny(2, 2, 1, 2, 2, routing="dense").double().train()
     with torch.no_grad():
-        model.dsts.layers[0].score_weight.copy_(torch.tensor([[[1.0, 1.0], [1.0, 1.0]], [[-1.0, -1.0], [-1.0, -1.0]]]) * 0.1)
+        model.dsts.layers[0].score_weight.copy_(
+            torch.tensor([[[1.0, 1.0], [1.0, 1.0]], [[-1.0, -1.0], [-1.0, -1.0]]]) * 0.1
+        )
     x = torch.rand(3, 2, 2, 2, 2, dtype=torch.float64)
     train = (x, torch.tensor([0, 1, 0]))
     torch.manual_seed(0)
@@ -385,8 +407,16 @@ def assert_same(before: dict, after: dict) -> None:
 
 
 @settings(max_examples=expensive(60, 12))
-@given(problems(specializations=("st", "3d")), st.sampled_from(MODES), st.sampled_from(METHODS), st.sampled_from(("all", "dsts")), st.booleans())
-def test_meta_gradient_leaves_the_model_and_optimizer_untouched(problem, mode_name, method, scope, with_grads):
+@given(
+    problems(specializations=("st", "3d")),
+    st.sampled_from(MODES),
+    st.sampled_from(METHODS),
+    st.sampled_from(("all", "dsts")),
+    st.booleans(),
+)
+def test_meta_gradient_leaves_the_model_and_optimizer_untouched(
+    problem, mode_name, method, scope, with_grads
+):
     model, train, val, seed = problem
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     with mode(model, mode_name):
@@ -406,7 +436,12 @@ def test_meta_gradient_leaves_the_model_and_optimizer_untouched(problem, mode_na
 
 
 @settings(max_examples=expensive(30, 8))
-@given(problems(), st.sampled_from(("hard-train", "relaxed-train")), st.sampled_from(METHODS), st.sampled_from(("all", "dsts")))
+@given(
+    problems(),
+    st.sampled_from(("hard-train", "relaxed-train")),
+    st.sampled_from(METHODS),
+    st.sampled_from(("all", "dsts")),
+)
 def test_one_seed_one_result_and_the_rng_advances_by_two_forwards(problem, mode_name, method, scope):
     """Whatever the method: the result is a function of the seed, and the global RNG ends where one
     forward on D_train then one on D_val would leave it."""
@@ -445,7 +480,12 @@ def test_a_module_generator_feeds_the_draws_and_is_replayed():
         twin(val[0])
     global_state = torch.get_rng_state()
     results = {}
-    for method, fd_eps in (("autograd", 0.01), ("finite_difference", 1e-5), ("finite_difference", 1e-6), ("first_order", 0.01)):
+    for method, fd_eps in (
+        ("autograd", 0.01),
+        ("finite_difference", 1e-5),
+        ("finite_difference", 1e-6),
+        ("first_order", 0.01),
+    ):
         for _ in range(2):
             model.dsts.generator.manual_seed(7)
             got = meta_gradient(model, train, val, 0.5, method=method, fd_eps=fd_eps)
@@ -477,6 +517,36 @@ def test_the_backbone_shortcuts_change_nothing(problem, mode_name, method, scope
         direct = meta_gradient(stemmed, train, val, 0.4, method=method, scope=scope, fd_eps=1e-3)
     for n, g in shortcut.items():
         torch.testing.assert_close(direct[n], g, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_frozen_backbone_is_held_fixed_in_either_scope(method):
+    """Frozen backbone parameters are not downstream parameters: both scopes hold it fixed, and
+    UDLStep still trains the rest."""
+    torch.manual_seed(0)
+    model = Tiny(2, 3, 2, 2, 3, routing="dense").double().train()  # every neuron gets a gradient
+    model.backbone.requires_grad_(False)
+    train = (torch.randn(4, 2, 2, 3, 3, dtype=torch.float64), torch.tensor([0, 1, 2, 0]))
+    val = (torch.randn(3, 2, 2, 3, 3, dtype=torch.float64), torch.tensor([2, 1, 0]))
+    grads = {}
+    for scope in ("all", "dsts"):
+        torch.manual_seed(1)
+        grads[scope] = meta_gradient(model, train, val, 0.3, method=method, scope=scope)
+    for n, g in grads["all"].items():
+        torch.testing.assert_close(grads["dsts"][n], g, rtol=1e-9, atol=1e-12)
+    up, down = split_parameters(model)
+    assert not any(n.startswith("backbone.") for n in down)
+    step = UDLStep(
+        model,
+        torch.optim.SGD(up.values(), lr=0.1),
+        torch.optim.SGD(down.values(), lr=0.1),
+        0.3,
+        method=method,
+    )
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    step.step(train, val)
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]) is n.startswith("backbone."), n
 
 
 class Counter:
@@ -528,7 +598,14 @@ def test_udl_step_shares_the_backbone_forward_of_steps_1_and_3(method, scope, co
     batch = (torch.randn(3, 2, 2, 3, 3, dtype=torch.float64), torch.tensor([0, 1, 2]))
     count = Counter(model)
     up, down = split_parameters(model)
-    step = UDLStep(model, torch.optim.SGD(up.values(), lr=0.1), torch.optim.SGD(down.values(), lr=0.1), 0.1, method=method, scope=scope)
+    step = UDLStep(
+        model,
+        torch.optim.SGD(up.values(), lr=0.1),
+        torch.optim.SGD(down.values(), lr=0.1),
+        0.1,
+        method=method,
+        scope=scope,
+    )
     step.step(batch, batch)
     assert count.computed == computed
     assert int(model.backbone[1].num_batches_tracked) == 1
@@ -538,7 +615,15 @@ def test_udl_step_shares_the_backbone_forward_of_steps_1_and_3(method, scope, co
 
 
 @settings(max_examples=expensive(30, 8))
-@given(problems(), st.sampled_from(("relaxed-eval", "relaxed-train")), st.sampled_from(METHODS), st.sampled_from(("all", "dsts")), st.floats(0.0, 1.0), st.floats(0.01, 1.0), st.floats(0.01, 1.0))
+@given(
+    problems(),
+    st.sampled_from(("relaxed-eval", "relaxed-train")),
+    st.sampled_from(METHODS),
+    st.sampled_from(("all", "dsts")),
+    st.floats(0.0, 1.0),
+    st.floats(0.01, 1.0),
+    st.floats(0.01, 1.0),
+)
 def test_udl_step_with_plain_sgd_is_the_three_steps(problem, mode_name, method, scope, alpha, lr_u, lr_d):
     model, train, val, _ = problem
     with mode(model, mode_name):
@@ -546,7 +631,12 @@ def test_udl_step_with_plain_sgd_is_the_three_steps(problem, mode_name, method, 
         meta = meta_gradient(reference, train, val, alpha, method=method, scope=scope)
         up, down = split_parameters(model)
         step = UDLStep(
-            model, torch.optim.SGD(up.values(), lr=lr_u), torch.optim.SGD(down.values(), lr=lr_d), alpha, method=method, scope=scope
+            model,
+            torch.optim.SGD(up.values(), lr=lr_u),
+            torch.optim.SGD(down.values(), lr=lr_d),
+            alpha,
+            method=method,
+            scope=scope,
         )
         out = step.step(train, val)
         training_inside = model.training
@@ -591,7 +681,13 @@ def manual_iteration(model, opt_u, opt_d, train, val, alpha, method, scope, clip
 
 
 @settings(max_examples=expensive(20, 6))
-@given(problems(), st.sampled_from(METHODS), st.sampled_from(("all", "dsts")), st.sampled_from(("sgd", "adamw")), st.sampled_from((0.0, 0.05)))
+@given(
+    problems(),
+    st.sampled_from(METHODS),
+    st.sampled_from(("all", "dsts")),
+    st.sampled_from(("sgd", "adamw")),
+    st.sampled_from((0.0, 0.05)),
+)
 def test_udl_step_with_momentum_and_adamw_over_two_hard_iterations(problem, method, scope, kind, clip):
     model, train, val, seed = problem
     model.train()
@@ -600,8 +696,10 @@ def test_udl_step_with_momentum_and_adamw_over_two_hard_iterations(problem, meth
     def optimizers(m):
         up, down = split_parameters(m)
         if kind == "sgd":
-            return (torch.optim.SGD(up.values(), lr=0.05, momentum=0.9, weight_decay=1e-3),
-                    torch.optim.SGD(down.values(), lr=0.02, momentum=0.9, weight_decay=1e-3))
+            return (
+                torch.optim.SGD(up.values(), lr=0.05, momentum=0.9, weight_decay=1e-3),
+                torch.optim.SGD(down.values(), lr=0.02, momentum=0.9, weight_decay=1e-3),
+            )
         return torch.optim.AdamW(up.values(), lr=1e-2), torch.optim.AdamW(down.values(), lr=1e-3)
 
     step = UDLStep(model, *optimizers(model), 0.3, method=method, scope=scope, grad_clip=clip)
@@ -652,7 +750,9 @@ def test_compute_meta_reports_the_losses_it_saw():
     with dsts.relaxed(model):
         result = compute_meta(model, train, val, 0.5)
         sim = simulated(model, upstream_values(model), "all", 0.5, train)
-        assert result.train_loss.item() == pytest.approx(F.cross_entropy(model(train[0]), train[1]).item(), rel=1e-12)
+        assert result.train_loss.item() == pytest.approx(
+            F.cross_entropy(model(train[0]), train[1]).item(), rel=1e-12
+        )
         assert result.val_loss.item() == pytest.approx(F.cross_entropy(sim(val[0]), val[1]).item(), rel=1e-12)
 
 
@@ -681,8 +781,12 @@ def test_bad_arguments_are_one_line_errors():
         meta_gradient(nn.Sequential(nn.Flatten(), nn.Linear(36, 2)), batch, batch, 0.1)
     up, down = split_parameters(model)
     with pytest.raises(ValueError, match="downstream_optimizer"):
-        UDLStep(model, torch.optim.SGD(up.values(), lr=1), torch.optim.SGD(list(down.values())[1:], lr=1), 0.1)
+        UDLStep(
+            model, torch.optim.SGD(up.values(), lr=1), torch.optim.SGD(list(down.values())[1:], lr=1), 0.1
+        )
     with pytest.raises(ValueError, match="upstream_optimizer"):
         UDLStep(model, torch.optim.SGD(model.parameters(), lr=1), torch.optim.SGD(down.values(), lr=1), 0.1)
     with pytest.raises(ValueError, match="grad_clip"):
-        UDLStep(model, torch.optim.SGD(up.values(), lr=1), torch.optim.SGD(down.values(), lr=1), 0.1, grad_clip=-1)
+        UDLStep(
+            model, torch.optim.SGD(up.values(), lr=1), torch.optim.SGD(down.values(), lr=1), 0.1, grad_clip=-1
+        )

@@ -64,10 +64,15 @@ def default_setup(seed: int = 0):
     torch.manual_seed(seed)
     model = build_model(cfg, num_classes=CLASSES).train()
     upstream, downstream = split_parameters(model)
-    opt_up = torch.optim.AdamW(upstream.values(), lr=cfg.train.upstream_lr, weight_decay=cfg.train.weight_decay)
+    opt_up = torch.optim.AdamW(
+        upstream.values(), lr=cfg.train.upstream_lr, weight_decay=cfg.train.weight_decay
+    )
     opt_down = torch.optim.AdamW(downstream.values(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     gen = torch.Generator().manual_seed(seed + 1)
-    batches = [(torch.randn(BATCH, generator=gen), torch.randint(0, CLASSES, (BATCH[0],), generator=gen)) for _ in range(2)]
+    batches = [
+        (torch.randn(BATCH, generator=gen), torch.randint(0, CLASSES, (BATCH[0],), generator=gen))
+        for _ in range(2)
+    ]
     return cfg, model, opt_up, opt_down, batches
 
 
@@ -96,7 +101,9 @@ def make_runner(kind: str, scope: str = "all"):
 def _check(out: dict[str, float], upstream: dict[str, torch.Tensor], before: dict[str, torch.Tensor]) -> None:
     assert out and all(torch.isfinite(torch.tensor(v)) for v in out.values())
     assert all(torch.isfinite(p).all() for p in upstream.values())
-    assert any(not torch.equal(p.detach(), before[n]) for n, p in upstream.items()), "no upstream parameter moved"
+    assert any(not torch.equal(p.detach(), before[n]) for n, p in upstream.items()), (
+        "no upstream parameter moved"
+    )
 
 
 def test_bench_plain_step(benchmark):
@@ -176,7 +183,9 @@ def peak_memory(kind: str, scope: str = "all") -> float:
     follows the live tensors; without it, freed memory is kept and the peak is understated)."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", PYTHONPATH=str(ROOT))
     code = f"from tests.benchmarks.test_bench_udl import _peak_child; _peak_child({kind!r}, {scope!r})"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, check=True
+    )
     return float(json.loads(done.stdout.strip().splitlines()[-1])["peak_extra_mib"])
 
 
@@ -185,7 +194,9 @@ def main() -> None:
     plain_mib = peak_memory("plain")
     print(f"plain step: peak extra memory {plain_mib:.0f} MiB")
     ratios = interleaved_ratios()
-    print(f"{'method/scope':28s} {'s/iter':>8s} {'plain s':>8s} {'ratio':>6s} {'peak MiB':>9s} {'x plain':>8s}")
+    print(
+        f"{'method/scope':28s} {'s/iter':>8s} {'plain s':>8s} {'ratio':>6s} {'peak MiB':>9s} {'x plain':>8s}"
+    )
     for key, row in ratios.items():
         method, scope = key.split("/")
         mib = peak_memory(method, scope)
