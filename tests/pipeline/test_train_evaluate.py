@@ -170,3 +170,51 @@ def test_bad_param_exits_2_with_one_line(workdir):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "model.dsts.num_layers" in proc.stderr
+
+
+@pytest.mark.parametrize("variant", ["dsts", "dsts_udl"])
+def test_torchrun_two_gloo_processes_train_one_epoch_into_one_run(workdir, variant):
+    out = workdir / f"ddp_{variant}"
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        CI="true",
+        MLFLOW_TRACKING_URI=f"sqlite:///{workdir / 'ddp.db'}",
+        OMP_NUM_THREADS="1",
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--standalone",
+            "-m",
+            "pipeline.train",
+            "--params",
+            str(workdir / "params.yaml"),
+            "--variant",
+            variant,
+            "--seed",
+            "0",
+            "--set",
+            "train.epochs=1",
+            "--out",
+            str(out),
+        ],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (out / "model.pt").exists() and (out / "history.csv").exists()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workdir / 'ddp.db'}")
+    experiment = client.get_experiment_by_name("dsts-bench-generated")
+    runs = client.search_runs([experiment.experiment_id], f"tags.variant = '{variant}'")
+    assert len(runs) == 1, "only rank 0 talks to MLflow"
+    assert runs[0].info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")] == [1]
