@@ -1,8 +1,9 @@
 """Stage ``prepare``: write the generated fine-grained benchmark in Diving48's on-disk format.
 
 Writes ``data.root`` (``data/generated`` by default; ``--out`` elsewhere): ``rgb/<vid_name>.mp4``,
-``Diving48_V2_train.json``, ``Diving48_V2_test.json``, ``Diving48_vocab.json`` and
-``Diving48_attributes.json`` (which cue, spatial or temporal, separates each class). The size comes
+``Diving48_V2_train.json``, ``Diving48_V2_test.json``, ``Diving48_vocab.json``,
+``Diving48_attributes.json`` (which cue, spatial or temporal, separates each class) and
+``contact_sheet.png`` (one clip per class; docs/benchmark.md describes the benchmark). The size comes
 from ``data.generate``; a seed gives the same bytes. The benchmark is generated into a temporary
 folder beside the target and renamed into place at the end, so a failure leaves no half-written
 data and an older complete folder is replaced only once the new one is complete. With
@@ -27,8 +28,11 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="where to write the benchmark (default: data.root)")
     parser.add_argument("--jobs", type=int, default=None, help="encoding processes (default: up to 4)")
     args = parser.parse_args()
+    if args.jobs is not None and args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     cfg = config_from_args(args)
 
+    from dsts.data import contact_sheet
     from dsts.data.generate import default_jobs, generate_benchmark
 
     if cfg.data.dataset != "generated" and args.out is None:
@@ -52,6 +56,7 @@ def main() -> int:
     try:
         summary = generate_benchmark(
             staging,
+            classes=gen.classes,
             clips_per_class_train=gen.clips_per_class_train,
             clips_per_class_test=gen.clips_per_class_test,
             frames=gen.frames,
@@ -59,18 +64,18 @@ def main() -> int:
             seed=gen.seed,
             jobs=args.jobs or default_jobs(),
         )
-        try:
-            from dsts.data import contact_sheet
-
-            contact_sheet(staging, staging / "contact_sheet.png")
-        except (ImportError, AttributeError):
-            pass
+        contact_sheet(staging, staging / "contact_sheet.png")
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(target, old)
-        os.replace(staging, target)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            if old is not None:  # put the complete older folder back
+                os.replace(old, target)
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:

@@ -1,0 +1,352 @@
+"""The clip dataset and the loader factory.
+
+``build_dataset(cfg, split, train)`` reads the annotation for ``cfg.data.dataset``, checks every label
+and, when the dataset is indexed, every video: an unreadable one is a :class:`DataError`
+(``on_bad_video: error``) or is counted, reported and left out (``skip``). With ``cache: true`` the
+indexing decodes each clip once, resized to the training short side, and keeps the uint8 frames in
+memory; forked loader workers share them, so later epochs never decode.
+
+Randomness inside ``__getitem__`` (frame choice, crop, flip) comes from a generator seeded by
+``(seed, epoch, index)`` only, never from global state: a seed gives the same batches with any number
+of workers, and a run resumed at epoch ``k`` (``set_epoch(k)``) draws what the original drew.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from dsts.data.decode import Video
+from dsts.data.errors import DataError
+from dsts.data.readers import entry_name, read_diving48, read_finegym, read_vocab
+from dsts.data.sampling import sample_indices
+from dsts.data.transforms import resize_short_side, test_transform, train_transform
+
+log = logging.getLogger("dsts.data")
+# threads that decode while a dataset is indexed
+INDEX_THREADS = max(1, min(4, os.cpu_count() or 1))
+
+
+def mix_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from non-negative integers (SeedSequence hashing)."""
+    state = np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """The generator for item ``index`` in ``epoch``: a function of the three numbers only."""
+    return torch.Generator().manual_seed(mix_seed(0, seed, epoch, index))
+
+
+class VideoDataset(Dataset):
+    """Items are ``(clip, label)``: training clips are ``(3, T, crop, crop)`` float32; test clips are
+    ``(V, 3, T, crop, crop)`` with ``V = test_clips * test_crops`` views (clip-major)."""
+
+    def __init__(
+        self,
+        table: pd.DataFrame,
+        *,
+        num_classes: int,
+        class_names: Sequence[str],
+        class_cues: Sequence[str | None],
+        num_frames: int,
+        train: bool,
+        sampling: str = "segment",
+        dense_stride: int = 2,
+        resize: int = 64,
+        crop: int = 56,
+        flip: bool = True,
+        test_clips: int = 1,
+        test_crops: int = 1,
+        seed: int = 0,
+        frames: Sequence[np.ndarray] | None = None,
+        skipped: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        if frames is not None and len(frames) != len(table):
+            raise ValueError("frames must hold one array per row of the table")
+        self.table = table
+        self.num_classes = int(num_classes)
+        self.class_names = list(class_names)
+        self.class_cues = list(class_cues)
+        self.num_frames = num_frames
+        self.train = train
+        self.sampling = sampling
+        self.dense_stride = dense_stride
+        self.resize = resize
+        self.crop = crop
+        self.flip = flip
+        self.test_clips = test_clips
+        self.test_crops = test_crops
+        self.seed = int(seed)
+        self.epoch = 0
+        self.skipped = list(skipped)
+        self._frames = list(frames) if frames is not None else None
+        # plain arrays: cheap to index and to copy into workers
+        self._paths = table["path"].astype(str).tolist()
+        self._labels = table["label"].to_numpy(dtype=np.int64)
+        self._starts = table["start_frame"].to_numpy(dtype=np.int64)
+        self._ends = [None if pd.isna(e) else int(e) for e in table["end_frame"]]
+        self._where = [entry_name(table, key) for key in table.index]
+
+    @property
+    def cached(self) -> bool:
+        return self._frames is not None
+
+    @property
+    def views(self) -> int:
+        return 1 if self.train else self.test_clips * self.test_crops
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def label(self, index: int) -> int:
+        return int(self._labels[index])
+
+    def _indices(self, length: int, generator: torch.Generator | None, view: int) -> np.ndarray:
+        return sample_indices(
+            self.sampling,
+            length,
+            self.num_frames,
+            self.train,
+            generator,
+            stride=self.dense_stride,
+            view=view,
+            num_views=self.test_clips,
+        )
+
+    def _views(self, length: int, generator: torch.Generator) -> list[np.ndarray]:
+        if self.train:
+            return [self._indices(length, generator, 0)]
+        return [self._indices(length, None, c) for c in range(self.test_clips)]
+
+    def _clip_frames(self, index: int, generator: torch.Generator) -> list[torch.Tensor]:
+        """uint8 ``(T, h, w, 3)`` frames for each temporal view, resized to the short side."""
+        if self._frames is not None:
+            frames = self._frames[index]
+            return [torch.from_numpy(frames[idx]) for idx in self._views(len(frames), generator)]
+        path = self._paths[index]
+        with Video(path) as video:
+            start, end = clip_range(
+                video.num_frames, int(self._starts[index]), self._ends[index], path, self._where[index]
+            )
+            views = self._views(end - start, generator)
+            wanted = np.unique(np.concatenate(views))
+            decoded = video.read((start + wanted).tolist())
+        lookup = {int(k): j for j, k in enumerate(wanted)}
+        return [
+            resize_short_side(torch.from_numpy(decoded[[lookup[int(k)] for k in idx]]), self.resize)
+            for idx in views
+        ]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} is out of range for {len(self)} clips")
+        generator = item_generator(self.seed, self.epoch, index)
+        views = self._clip_frames(index, generator)
+        label = int(self._labels[index])
+        if self.train:
+            return train_transform(views[0], self.resize, self.crop, self.flip, generator), label
+        clips = [test_transform(v, self.resize, self.crop, self.test_crops) for v in views]
+        return torch.cat(clips), label
+
+
+def clip_range(num_frames: int, start: int, end: int | None, path: str, where: str) -> tuple[int, int]:
+    """The clip's half-open frame range inside a video of ``num_frames`` frames: ``end`` (missing:
+    the whole video) is clamped to the video, and ``start == end`` means the single frame ``start``."""
+    if start >= num_frames:
+        raise DataError(f"{path}: the video has {num_frames} frames but {where} starts at frame {start}")
+    stop = num_frames if end is None else min(max(end, start + 1), num_frames)
+    return start, stop
+
+
+def _load_clip(path: str, start: int, end: int | None, resize: int, where: str) -> np.ndarray:
+    with Video(path) as video:
+        first, stop = clip_range(video.num_frames, start, end, path, where)
+        frames = video.read_range(first, stop)
+    return resize_short_side(torch.from_numpy(frames), resize).numpy()
+
+
+def _check_clip(path: str, start: int, end: int | None, where: str) -> None:
+    with Video(path) as video:
+        first, _ = clip_range(video.num_frames, start, end, path, where)
+        video.read([first])
+
+
+def _annotation(cfg: Any, split: str) -> pd.DataFrame:
+    if cfg.dataset in ("generated", "diving48"):
+        return read_diving48(cfg.root, split)
+    if cfg.dataset == "finegym":
+        name = {"train": cfg.finegym_train_list, "test": cfg.finegym_test_list}.get(split)
+        if name is None:
+            raise DataError(f"finegym: split must be train or test, got {split!r}")
+        path = name if os.path.isabs(name) else os.path.join(cfg.root, name)
+        return read_finegym(path, cfg.root)
+    raise DataError(f"data.dataset: unknown dataset {cfg.dataset!r}")
+
+
+def build_dataset(cfg: Any, split: str, train: bool, seed: int = 0) -> VideoDataset:
+    """The dataset for ``split`` (``"train"`` or ``"test"``) of ``cfg`` (a ``DataConfig``, or a whole
+    ``Config``): ``train=True`` gives training augmentation and random segment sampling, ``False``
+    centre frames, centre crops and multi-view clips. ``seed`` is the base of the per-item seeds."""
+    cfg = getattr(cfg, "data", cfg)
+    table = _annotation(cfg, split)
+    vocab = read_vocab(cfg.root) if cfg.dataset in ("generated", "diving48") else None
+    if cfg.num_classes > 0:
+        num_classes = cfg.num_classes
+    elif vocab is not None:
+        num_classes = len(vocab)
+    else:
+        num_classes = int(table["label"].max()) + 1 if len(table) else 0
+    for key, label in zip(table.index, table["label"]):
+        if label >= num_classes:
+            raise DataError(
+                f"{entry_name(table, key)}: label {label} is out of range (there are {num_classes} classes)"
+            )
+    names = [str(i) for i in range(num_classes)]
+    cues: list[str | None] = [None] * num_classes
+    if vocab is not None:
+        for label, name, cue in zip(vocab["label"], vocab["name"], vocab["cue"]):
+            if label < num_classes:
+                names[label] = str(name)
+                cues[label] = None if pd.isna(cue) else str(cue)
+
+    rows = list(zip(table.index, table.itertuples(index=False)))
+
+    def index_one(item: tuple[Any, Any]) -> np.ndarray | DataError | None:
+        key, row = item
+        where = entry_name(table, key)
+        end = None if pd.isna(row.end_frame) else int(row.end_frame)
+        try:
+            if cfg.cache:
+                return _load_clip(str(row.path), int(row.start_frame), end, cfg.resize, where)
+            _check_clip(str(row.path), int(row.start_frame), end, where)
+            return None
+        except DataError as exc:
+            return exc
+
+    # PyAV decodes outside the GIL: a few threads index (and fill the cache) faster.
+    with ThreadPoolExecutor(max_workers=INDEX_THREADS) as pool:
+        results = list(pool.map(index_one, rows))
+    keep, frames, skipped = [], [], []
+    for (key, row), result in zip(rows, results):
+        if isinstance(result, DataError):
+            if cfg.on_bad_video == "error":
+                raise DataError(f"{result} ({entry_name(table, key)})")
+            skipped.append((str(row.path), str(result)))
+            continue
+        keep.append(key)
+        if result is not None:
+            frames.append(result)
+    if skipped:
+        log.warning(
+            "skipped %d of %d videos in %s that could not be read; first: %s",
+            len(skipped),
+            len(table),
+            table.attrs.get("annotation"),
+            skipped[0][1],
+        )
+    if not keep:
+        raise DataError(f"{table.attrs.get('annotation')}: no readable clip ({len(skipped)} skipped)")
+    kept = table.loc[keep]
+    kept.attrs = dict(table.attrs)
+    return VideoDataset(
+        kept,
+        num_classes=num_classes,
+        class_names=names,
+        class_cues=cues,
+        num_frames=cfg.num_frames,
+        train=train,
+        sampling=cfg.sampling,
+        dense_stride=cfg.dense_stride,
+        resize=cfg.resize,
+        crop=cfg.crop,
+        flip=cfg.flip,
+        test_clips=cfg.test_clips,
+        test_crops=cfg.test_crops,
+        seed=seed,
+        frames=frames if cfg.cache else None,
+        skipped=skipped,
+    )
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A shuffle whose permutation is a function of ``(seed, epoch)`` only (``set_epoch``), so a run
+    resumed at epoch ``k`` visits the clips in the order the original did."""
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        self.size = int(size)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(mix_seed(1, self.seed, self.epoch))
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+
+def _worker_init(worker_id: int) -> None:
+    """Seed the global generators of a worker from the loader's seed (items do not use them, but a
+    user transform might) and keep one thread per worker."""
+    import random
+
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.set_num_threads(1)
+
+
+def build_loader(
+    dataset: Dataset,
+    batch_size: int,
+    sampler: Sampler | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+    num_workers: int = 0,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A ``DataLoader`` whose batches are a function of the seed and epoch, whatever ``num_workers``.
+
+    ``shuffle`` uses an :class:`EpochShuffleSampler`; call :func:`set_epoch` on the loader before
+    each epoch (it sets the sampler's and the dataset's epoch). Workers are not persistent, so each
+    epoch's workers see the dataset's current epoch.
+    """
+    if sampler is not None and shuffle:
+        raise ValueError("build_loader: give a sampler or shuffle, not both")
+    if shuffle:
+        sampler = EpochShuffleSampler(len(dataset), seed)  # type: ignore[arg-type]
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        worker_init_fn=_worker_init if num_workers > 0 else None,
+        generator=torch.Generator().manual_seed(int(seed)),
+        persistent_workers=False,
+    )
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Set the epoch of the loader's dataset and sampler (either may lack ``set_epoch``)."""
+    for part in (loader.dataset, loader.sampler):
+        if hasattr(part, "set_epoch"):
+            part.set_epoch(epoch)

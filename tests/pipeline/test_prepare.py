@@ -1,0 +1,119 @@
+"""Stage ``prepare``: writes the generated benchmark atomically; bad input is one line and exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dsts.data import DataError, read_diving48, read_vocab
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = [
+    "--set",
+    "data.generate.classes=2",
+    "--set",
+    "data.generate.clips_per_class_train=2",
+    "--set",
+    "data.generate.clips_per_class_test=1",
+    "--set",
+    "data.generate.frames=8",
+    "--set",
+    "data.generate.size=16",
+]
+
+
+def prepare(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.prepare", "--params", str(ROOT / "params.yaml"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_help():
+    out = prepare("--help")
+    assert out.returncode == 0 and "usage: python -m pipeline.prepare" in out.stdout and "--out" in out.stdout
+
+
+def test_writes_the_benchmark_and_replaces_it(tmp_path):
+    target = tmp_path / "generated"
+    out = prepare(*SMALL, "--out", str(target), "--jobs", "1")
+    assert out.returncode == 0, out.stderr
+    assert "2 classes, 4 train and 2 test clips" in out.stdout
+    names = sorted(p.name for p in target.iterdir())
+    assert names == sorted(
+        [
+            "Diving48_V2_test.json",
+            "Diving48_V2_train.json",
+            "Diving48_attributes.json",
+            "Diving48_vocab.json",
+            "contact_sheet.png",
+            "rgb",
+        ]
+    )
+    assert len(read_diving48(target, "train")) == 4 and len(read_diving48(target, "test")) == 2
+    assert read_vocab(target)["cue"].tolist() == ["spatial", "spatial"]
+    first = (target / "Diving48_V2_train.json").read_bytes()
+    again = prepare(*SMALL, "--set", "data.generate.seed=1", "--out", str(target))
+    assert again.returncode == 0, again.stderr
+    assert (target / "Diving48_V2_train.json").read_bytes() != first
+    assert len(list((target / "rgb").glob("*.mp4"))) == 6  # the old clips are gone
+    assert leftovers(tmp_path) == []
+
+
+def test_bad_config_is_one_line_and_writes_nothing(tmp_path):
+    out = prepare(*SMALL, "--set", "data.generate.size=33", "--out", str(tmp_path / "generated"))
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()]
+    assert out.stderr.startswith("error: data.generate.size: 33 is impossible")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failure_keeps_the_older_complete_folder(tmp_path, monkeypatch):
+    """A generation that fails half-way leaves the older benchmark as it was and no staging folder."""
+    import dsts.data.generate as generate
+    import pipeline.prepare as stage
+
+    target = tmp_path / "generated"
+    target.mkdir()
+    (target / "Diving48_V2_train.json").write_text("[]\n")
+
+    def broken(root, **kwargs):
+        (Path(root) / "rgb").mkdir(parents=True)
+        (Path(root) / "rgb" / "half.mp4").write_bytes(b"partial")
+        raise DataError("generate: the disk is full (simulated)")
+
+    monkeypatch.setattr(generate, "generate_benchmark", broken)
+    monkeypatch.setattr(sys, "argv", ["prepare", "--params", str(ROOT / "params.yaml"), "--out", str(target)])
+    with pytest.raises(DataError, match="simulated"):
+        stage.main()
+    assert sorted(p.name for p in target.iterdir()) == ["Diving48_V2_train.json"]
+    assert (target / "Diving48_V2_train.json").read_text() == "[]\n"
+    assert leftovers(tmp_path) == []
+
+
+def test_real_dataset_is_checked_not_written(tmp_path):
+    (tmp_path / "Diving48_V2_train.json").write_text(
+        '[{"vid_name": "a", "label": 0, "start_frame": 0, "end_frame": 9}]'
+    )
+    (tmp_path / "Diving48_V2_test.json").write_text("[]")
+    out = prepare("--set", "data.dataset=diving48", "--set", f"data.root={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    assert "1 train and 0 test clips" in out.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Diving48_V2_test.json", "Diving48_V2_train.json"]
+    (tmp_path / "Diving48_V2_test.json").write_text(
+        '[{"vid_name": "../x", "label": 0, "start_frame": 0, "end_frame": 9}]'
+    )
+    bad = prepare("--set", "data.dataset=diving48", "--set", f"data.root={tmp_path}")
+    assert bad.returncode == 2
+    assert "Diving48_V2_test.json: entry 0: vid_name '../x' escapes the data root" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
