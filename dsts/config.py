@@ -69,7 +69,9 @@ class DSTSConfig:
     num_layers: int = 2
     num_neurons: int = 4
     specialization: Literal["st", "3d"] = "st"
-    routing: Literal["dense", "sparse"] = "sparse"  # by speed; accuracy does not separate them yet (dsts.DSTS)
+    routing: Literal["dense", "sparse"] = (
+        "sparse"  # by speed; accuracy does not separate them yet (dsts.DSTS)
+    )
     tau: float = 1000.0  # selection logits v / tau (see dsts.DSTS)
     gate_noise_std: float = 1.0
     gate_noise: Literal["normal", "truncated"] = "normal"
