@@ -218,3 +218,22 @@ def test_torchrun_two_gloo_processes_train_one_epoch_into_one_run(workdir, varia
     assert len(runs) == 1, "only rank 0 talks to MLflow"
     assert runs[0].info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")] == [1]
+
+
+def test_predict_prints_top5_and_neurons_and_rejects_bad_videos(workdir, tmp_path):
+    out = workdir / "predict_run"
+    args = ["--variant", "dsts", "--seed", "0", "--out", str(out), "--set", "tracking.enabled=false"]
+    stage(workdir, "pipeline.train", *args, "--set", "train.epochs=1")
+    video = next((workdir / "data" / "rgb").glob("*.mp4"))
+    proc = stage(workdir, "pipeline.predict", str(video), *args, "--set", "train.epochs=1")
+    lines = proc.stdout.strip().splitlines()
+    probs = [float(line.split("%")[0]) for line in lines[1:6]]
+    assert len(probs) == 5 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 100.01
+    assert lines[-1].strip().startswith("neurons (first view): layer 0:")
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    for path in (bad, tmp_path / "missing.mp4"):
+        proc = stage(workdir, "pipeline.predict", str(path), *args, "--set", "train.epochs=1", check=False)
+        assert (
+            proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and str(path) in proc.stderr
+        )
