@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
-import hashlib
 import math
 import os
 import random
@@ -29,6 +28,7 @@ from torch import nn
 from dsts.checkpoint import FORMAT, atomic_save, rng_state, safe_load, set_rng_state
 from dsts.config import Config
 from dsts.errors import DSTSError
+from dsts.seeding import mix_seed
 
 EpochCallback = Callable[[dict[str, float], int], None]
 
@@ -52,12 +52,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def mix_seed(*parts: int) -> int:
-    """A 63-bit seed from several integers (seed, stream, epoch), stable across platforms."""
-    digest = hashlib.sha256(",".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 class SeededSampler(torch.utils.data.Sampler[int]):

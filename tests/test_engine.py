@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from dsts.checkpoint import FORMAT, atomic_save, rng_state, safe_load, set_rng_state
 from dsts.config import load_config
-from dsts.engine import SeededSampler, load_checkpoint, lr_factor, mix_seed
+from dsts.engine import SeededSampler, load_checkpoint, lr_factor
 from dsts.errors import DSTSError
+from dsts.seeding import mix_seed
 
 
 @given(

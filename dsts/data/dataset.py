@@ -29,16 +29,11 @@ from dsts.data.errors import DataError
 from dsts.data.readers import entry_name, read_diving48, read_finegym, read_vocab
 from dsts.data.sampling import sample_indices
 from dsts.data.transforms import resize_short_side, test_transform, train_transform
+from dsts.seeding import mix_seed
 
 log = logging.getLogger("dsts.data")
 # threads that decode while a dataset is indexed
 INDEX_THREADS = max(1, min(4, os.cpu_count() or 1))
-
-
-def mix_seed(*parts: int) -> int:
-    """A well-mixed 63-bit seed from non-negative integers (SeedSequence hashing)."""
-    state = np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
 
 
 def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
