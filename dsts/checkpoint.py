@@ -6,9 +6,7 @@ A checkpoint is a plain dict of tensors, numbers and strings, so that it loads w
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,24 +14,15 @@ import numpy as np
 import torch
 
 from dsts.errors import DSTSError
+from dsts.files import atomic_write
 
 FORMAT = 1
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: a kill never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` through :func:`dsts.files.atomic_write`: a kill never leaves half a file."""
+    with atomic_write(path, "wb") as handle:
+        torch.save(obj, handle)
 
 
 def safe_load(path: str | Path) -> dict[str, Any]:

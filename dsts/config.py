@@ -20,12 +20,10 @@ from typing import Any, Literal
 
 import yaml
 
+from dsts.errors import ConfigError as ConfigError  # re-exported: dsts.config.ConfigError is public
+
 BACKBONES = ("small3d", "r3d_18", "mc3_18", "r2plus1d_18")
 DATASETS = ("generated", "diving48", "finegym")
-
-
-class ConfigError(ValueError):
-    """A bad configuration value; the message is one line that names the dotted key."""
 
 
 @dataclass

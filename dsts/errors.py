@@ -1,5 +1,20 @@
-"""The library's user-facing error: bad input that a stage reports as one line."""
+"""The library's errors: one root, :class:`DSTSError`, for every problem a user can fix.
+
+A stage script catches ``DSTSError`` and prints its message as one line (``pipeline/_cli.py``);
+anything else is a bug and keeps its traceback. This module imports nothing heavy, so a stage can
+catch the errors before torch is loaded.
+"""
+
+from __future__ import annotations
 
 
-class DSTSError(RuntimeError):
-    """Bad input outside the config and data (a checkpoint from another config, missing weights)."""
+class DSTSError(Exception):
+    """Bad input a user can fix: a checkpoint of another config, a missing weights file, ..."""
+
+
+class ConfigError(DSTSError, ValueError):
+    """A bad configuration value; the message is one line that names the dotted key."""
+
+
+class DataError(DSTSError):
+    """Bad data: the one-line message names the annotation file and entry or line, or the video file."""

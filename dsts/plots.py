@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from dsts.files import atomic_write  # noqa: E402
 from dsts.metrics import MetricsError, _to_numpy  # noqa: E402
 
 __all__ = ["plot_bar_ci", "plot_confusion", "plot_learning_curves", "plot_usage_heatmap"]
@@ -70,18 +70,10 @@ def _names(class_names: Sequence[Any], count: int, what: str) -> list[str]:
 
 
 def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
-    """Write ``fig`` to ``path`` as PNG through a temporary file in the same folder."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=DPI)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    """Write ``fig`` to ``path`` as PNG, atomically."""
+    with atomic_write(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=DPI)
+    return Path(path)
 
 
 def _draw_and_save(fig: Any, path: str | os.PathLike[str]) -> Path:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from dsts.data.errors import DataError as DataError  # re-exported
+from dsts.errors import DataError as DataError  # re-exported
 
 _EXPORTS = {
     "read_diving48": "dsts.data.readers",

@@ -25,10 +25,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dsts.data.decode import Video
-from dsts.data.errors import DataError
 from dsts.data.readers import entry_name, read_diving48, read_finegym, read_vocab
 from dsts.data.sampling import sample_indices
 from dsts.data.transforms import resize_short_side, test_transform, train_transform
+from dsts.errors import DataError
 from dsts.seeding import mix_seed
 
 log = logging.getLogger("dsts.data")

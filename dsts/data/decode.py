@@ -16,7 +16,7 @@ import av
 import av.error
 import numpy as np
 
-from dsts.data.errors import DataError
+from dsts.errors import DataError
 
 # Seek only when the first needed frame lies this far in; short clips decode faster from the start.
 SEEK_MIN_FRAMES = 48

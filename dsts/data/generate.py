@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from dsts.data.errors import DataError
+from dsts.errors import DataError
 
 VOCAB_FILE = "Diving48_vocab.json"
 ATTRIBUTES_FILE = "Diving48_attributes.json"

@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from dsts.data.errors import DataError
+from dsts.errors import DataError
 
 COLUMNS = ["video_id", "path", "label", "start_frame", "end_frame"]
 DIVING48_SPLITS = ("train", "test")

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from dsts.data.decode import read_video
-from dsts.data.errors import DataError
 from dsts.data.readers import read_attributes, read_diving48, read_vocab
+from dsts.errors import DataError
+from dsts.files import atomic_write
 
 
 def contact_sheet(root: str | Path, out: str | Path, split: str = "train", frames: int = 8) -> Path:
@@ -55,13 +55,9 @@ def contact_sheet(root: str | Path, out: str | Path, split: str = "train", frame
     fig.subplots_adjust(
         left=0.01, right=0.99, top=1 - 0.3 / (1.08 * rows + 0.3), bottom=0.005, wspace=0.04, hspace=0.32
     )
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial.png")
     try:
-        fig.savefig(partial, dpi=72)
-        os.replace(partial, out)
+        with atomic_write(out, "wb") as handle:
+            fig.savefig(handle, format="png", dpi=72)
     finally:
         plt.close(fig)
-        partial.unlink(missing_ok=True)
-    return out
+    return Path(out)

@@ -1,0 +1,130 @@
+"""The run folder: where one (variant, seed) keeps its files. The one home of that layout.
+
+``runs/<variant>/seed<S>/`` holds what the ``train`` and ``evaluate`` stages write and what the
+report reads; ``dvc.yaml`` spells the same paths (``tests/pipeline/test_dvc_graph.py`` checks that
+they agree).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dsts.errors import DSTSError
+from dsts.files import atomic_write, write_json
+
+RUNS_ROOT = "runs"
+
+
+class RunFileError(DSTSError):
+    """A run file that is missing or malformed; the message names the file."""
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The files of one run, by name."""
+
+    path: Path
+
+    @property
+    def model(self) -> Path:
+        return self.path / "model.pt"
+
+    @property
+    def history(self) -> Path:
+        return self.path / "history.csv"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def per_class(self) -> Path:
+        return self.path / "per_class.csv"
+
+    @property
+    def timing(self) -> Path:
+        return self.path / "timing.json"
+
+    @property
+    def plots(self) -> Path:
+        return self.path / "plots"
+
+    def checkpoint(self, config_hash: str) -> Path:
+        return self.path / "checkpoints" / f"{config_hash}.pt"
+
+
+def run_dir(variant: str, seed: int, root: str | Path = RUNS_ROOT) -> Path:
+    """``<root>/<variant>/seed<seed>``."""
+    return Path(root) / variant / f"seed{int(seed)}"
+
+
+def run_folder(variant: str, seed: int, root: str | Path = RUNS_ROOT) -> RunFolder:
+    return RunFolder(run_dir(variant, seed, root))
+
+
+def write_history(path: str | Path, history: Sequence[Mapping[str, float]]) -> None:
+    """One row per epoch; ``epoch`` as an integer, every other value as ``repr(float)`` (exact)."""
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    with atomic_write(path, newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys)
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: (int(v) if k == "epoch" else repr(float(v))) for k, v in row.items()})
+
+
+def read_history(path: str | Path) -> list[dict[str, float]]:
+    """The rows of :func:`write_history` as floats (empty cells left out)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunFileError(f"{path}: missing (run the train stage for this variant and seed first)")
+    rows: list[dict[str, float]] = []
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or "epoch" not in reader.fieldnames:
+            raise RunFileError(f"{path}: expected a CSV with an 'epoch' column")
+        for line, row in enumerate(reader, start=2):
+            parsed: dict[str, float] = {}
+            for key, text in row.items():
+                if key is None or text is None or text == "":
+                    continue
+                try:
+                    parsed[key] = float(text)
+                except ValueError:
+                    raise RunFileError(f"{path} line {line}: {key!r} is not a number: {text!r}") from None
+            if "epoch" not in parsed:
+                raise RunFileError(f"{path} line {line}: no epoch")
+            rows.append(parsed)
+    return rows
+
+
+def write_metrics(path: str | Path, metrics: Mapping[str, float]) -> None:
+    write_json(path, dict(metrics))
+
+
+def read_metrics(path: str | Path, required: Sequence[str] = ()) -> dict[str, float]:
+    """A JSON object of numbers; each key of ``required`` must be there and finite."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunFileError(f"{path}: missing (run the stage that writes it for this variant and seed first)")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RunFileError(f"{path}: not readable JSON ({type(exc).__name__})") from None
+    if not isinstance(data, dict):
+        raise RunFileError(f"{path}: expected a JSON object of names to numbers")
+    out: dict[str, float] = {}
+    for key, value in data.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise RunFileError(f"{path}: {key!r} is not a number: {value!r}")
+        out[str(key)] = float(value)
+    for key in required:
+        if key not in out or not math.isfinite(out[key]):
+            raise RunFileError(f"{path}: no finite {key!r}")
+    return out
