@@ -37,12 +37,9 @@ class Small3D(nn.Sequential):
     (space /2) and a 3x3x3 block; BatchNorm after each conv, ReLU after all but the last. Lengths
     are rounded up (``ceil``), so ``(8, 56, 56)`` gives ``(4, 7, 7)``.
 
-    The last block ends at its BatchNorm so that the features are centred per channel. The DSTS
-    spike is ``v_i = w_i . sum_p x``: after a ReLU every channel is positive, so ``sum_p x`` is
-    dominated by a common mode shared by all clips, ``v_i`` differs far more across neurons than
-    across clips, and the argmax (evaluation) sends every clip to the same neuron. Measured at
-    initialisation on the generated benchmark (first DSTS layer, 16 training clips): the entropy of
-    the argmax usage is 0.17 to 0.27 of ``log 4`` with the ReLU and 0.96 without it.
+    The last block ends at its BatchNorm so that the features are centred per channel: after a
+    ReLU the DSTS spikes share a common mode and evaluation sends every clip to the same neuron
+    (docs/method.md, section 3; measured in docs/routing.md).
     """
 
     out_channels = 64

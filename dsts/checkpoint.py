@@ -1,7 +1,9 @@
-"""Atomic checkpoints that hold everything a run needs to resume bit for bit.
+"""Checkpoints and saved models: everything a run needs to resume bit for bit, and the trained model.
 
-A checkpoint is a plain dict of tensors, numbers and strings, so that it loads with
-``torch.load(weights_only=True)``: no arbitrary pickle is ever executed.
+Both are plain dicts of tensors, numbers and strings, so that they load with
+``torch.load(weights_only=True)``: no arbitrary pickle is ever executed. Both are written
+atomically, and both carry the hash of the config they belong to: a file of another config is
+refused with one line, never silently used or overwritten.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
+from dsts.config import Config
 from dsts.errors import DSTSError
 from dsts.files import atomic_write
+from dsts.model import build_model
 
 FORMAT = 1
 
@@ -72,3 +77,54 @@ def set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator] 
     for name, g in (generators or {}).items():
         if name in state["generators"]:
             g.set_state(state["generators"][name])
+
+
+def _load_of(path: str | Path, cfg: Config, what: str, fix: str) -> dict[str, Any]:
+    state = safe_load(path)
+    if state.get("config_hash") != cfg.hash():
+        raise DSTSError(
+            f"{path}: {what} of another config (hash {state.get('config_hash')}, this run is {cfg.hash()}); {fix}"
+        )
+    return state
+
+
+def load_checkpoint(path: str | Path, cfg: Config) -> dict[str, Any]:
+    """A checkpoint of this exact resolved config, or one clear error (nothing is overwritten)."""
+    return _load_of(path, cfg, "checkpoint", "move it away or restore the params it was trained with")
+
+
+def save_model(
+    path: str | Path,
+    model: nn.Module,
+    cfg: Config,
+    num_classes: int,
+    class_names: list[str],
+    class_cues: list,
+    history: list[dict[str, float]],
+    run_id: str | None,
+) -> None:
+    """The trained model with what evaluation needs: its config, classes and learning curves."""
+    atomic_save(
+        {
+            "format": FORMAT,
+            "config": cfg.to_dict(),
+            "config_hash": cfg.hash(),
+            "model": model.state_dict(),
+            "num_classes": num_classes,
+            "class_names": class_names,
+            "class_cues": [c if isinstance(c, str) else "" for c in class_cues],
+            "history": history,
+            "run_id": run_id or "",
+        },
+        path,
+    )
+
+
+def load_model(path: str | Path, cfg: Config, device: torch.device | None = None) -> tuple[nn.Module, dict]:
+    """The trained model of ``cfg`` from ``path`` in evaluation mode; a file of another config is one
+    clear error."""
+    state = _load_of(path, cfg, "trained model", "rerun the train stage")
+    model = build_model(cfg, num_classes=int(state["num_classes"]))
+    model.load_state_dict(state["model"])
+    model.to(device or torch.device("cpu")).eval()
+    return model, state

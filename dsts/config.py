@@ -67,10 +67,8 @@ class DSTSConfig:
     num_layers: int = 2
     num_neurons: int = 4
     specialization: Literal["st", "3d"] = "st"
-    routing: Literal["dense", "sparse"] = (
-        "sparse"  # by speed; accuracy does not separate them yet (dsts.DSTS)
-    )
-    tau: float = 1000.0  # selection logits v / tau (see dsts.DSTS)
+    routing: Literal["dense", "sparse"] = "sparse"  # docs/routing.md
+    tau: float = 1000.0  # selection logits v / tau (docs/method.md, section 2.2)
     gate_noise_std: float = 1.0
     gate_noise: Literal["normal", "truncated"] = "normal"
     p_hard: float = 0.5
@@ -110,16 +108,13 @@ class TrainConfig:
 
 @dataclass
 class UDLConfig:
-    """Upstream-Downstream Learning (``dsts.udl``). ``inner_lr`` is step 1's ``alpha``.
+    """Upstream-Downstream Learning (docs/method.md, section 7). ``inner_lr`` is step 1's ``alpha``.
 
-    ``scope``: ``"dsts"`` (the default) holds the backbone fixed in the simulated and meta steps
-    (it is still trained in step 3); ``"all"`` simulates every downstream parameter. Chosen by
-    measurement on the CPU default (issue-4 report): ``"dsts"`` makes a second-order iteration cost
-    about 2.7 plain steps instead of 4.8 (first order 2.0 instead of 2.3) with 0.8 of the peak
-    memory, and a small accuracy run (2 seeds, 20 epochs) showed no difference beyond seed noise.
-    ``method``: ``"autograd"`` is exact; ``"finite_difference"`` (DARTS, ``fd_eps``) was measured
-    far from it on the default model (the ReLU kinks make a difference of gradients jump), so it
-    is offered for comparison only.
+    ``scope``: ``"dsts"`` holds the backbone fixed in the simulated and meta steps (it is still
+    trained in step 3); ``"all"`` simulates every downstream parameter. ``"dsts"`` is the default
+    because it costs far less per iteration, in time and memory (docs/udl.md). ``method``:
+    ``"autograd"`` is exact; ``"finite_difference"`` (DARTS) is offered for comparison only, since
+    the ReLU and clamp kinks make a difference of gradients jump (docs/udl.md).
     """
 
     enabled: bool = False

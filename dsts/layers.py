@@ -1,6 +1,6 @@
 """One DSTS layer: ``N`` specialized neurons, a spike per neuron, one active neuron per sample.
 
-Parameters of the ``N`` neurons are stacked along a first axis (DESIGN section 2), so that the
+Parameters of the ``N`` neurons are stacked along a first axis (docs/method.md, section 2), so that the
 dense path (every neuron on every sample) and the sparse path (samples grouped by neuron) read the
 same tensors. Parameters are read as attributes inside ``forward`` so that
 ``torch.func.functional_call`` can substitute them; running statistics are updated in place on the
@@ -21,7 +21,7 @@ from dsts.estimators import GateNoise, gumbel_noise, gumbel_select, improved_sem
 Specialization = Literal["st", "3d"]
 Routing = Literal["dense", "sparse"]
 
-# Chosen by measurement (see the DSTS docstring in dsts/module.py and reports 3 and 3b).
+# Chosen by measurement: docs/routing.md.
 DEFAULT_ROUTING: Routing = "sparse"
 DEFAULT_TAU = 1000.0
 DEFAULT_SCORE_INIT_STD = 0.1
@@ -41,8 +41,7 @@ def _check_choice(name: str, value: object, choices: tuple[object, ...]) -> None
 
 def _temporal_conv(x: Tensor, weight: Tensor, groups: int) -> Tensor:
     """The ``(3, 1, 1)`` conv with padding ``(1, 0, 0)`` as a ``(3, 1)`` conv2d over ``(T, H*W)``:
-    the same arithmetic, and it measured 1.2x (dense) to 3x (grouped, sparse) faster on the CPU
-    than conv3d, whose grouped form takes a slow path."""
+    the same arithmetic, without conv3d's slow path for grouped convolutions on the CPU."""
     b, c, t, h, w = x.shape
     out = F.conv2d(
         x.reshape(b, c, t, h * w), weight.reshape(*weight.shape[:3], 1), padding=(1, 0), groups=groups
@@ -62,7 +61,7 @@ class DSTSLayer(nn.Module):
     Gumbel-Softmax at temperature 1 with straight-through gradient in training, so the choice
     samples ``softmax(v / tau)``; argmax of ``v`` in evaluation; ``softmax(v / tau)`` in relaxed
     mode). ``tau`` divides the spike, a sum over ``C * T * H * W`` terms, before any noise, so it alone
-    sets how peaked the selection is (see :class:`dsts.DSTS` for the default); the active
+    sets how peaked the selection is (docs/method.md, section 2.2); the active
     neuron ``a`` gates each channel to its spatial (``b = 0``) or temporal (``b = 1``) operator by
     Improved Semhash, then ``ReLU(BN(S(X_S))) + ReLU(BN(T(X_T)))`` and the fusion conv; the output
     is ``h_a * f_a(x)``.
@@ -307,8 +306,8 @@ class DSTSLayer(nn.Module):
         """Only the active neuron per sample, ``h_a f_a(x)``, as one batched kernel with per-sample
         weights: each sample's operator weights are gathered from its neuron, the convs run as one
         grouped conv (``groups = B``), the fusion as one ``bmm``, and each neuron's BatchNorm
-        statistics are segment sums over its samples (``index_add``). This measured faster on the
-        CPU than looping over neurons with the samples grouped by neuron (same FLOPs, far fewer ops).
+        statistics are segment sums over its samples (``index_add``): the same FLOPs as looping over
+        neurons with the samples grouped by neuron, in far fewer operations.
         """
         batch, c = x.shape[:2]
         spatial = tuple(x.shape[2:])

@@ -20,34 +20,16 @@ from dsts.layers import (
 
 
 class DSTS(nn.Module):
-    """Dynamic Spatio-Temporal Specialization: ``x + layers(x)`` on ``(B, C, T, H, W)``.
+    """Dynamic Spatio-Temporal Specialization: ``x + layers(x)`` on ``(B, C, T, H, W)``
+    (docs/method.md, sections 2 to 4).
 
-    The selection logits are ``v / tau`` (training: hard Gumbel-Softmax at temperature 1, which
-    samples ``softmax(v / tau)``; relaxed: ``softmax(v / tau)``; evaluation: argmax of ``v``). The
-    spike is a sum over ``C_out * T * H * W`` terms, so ``v / tau`` is the mean spike at temperature
-    ``tau / P``: ``tau`` alone decides how peaked the selection is, at initialisation and during
-    training. Defaults, by measurement on the generated benchmark at the CPU default shapes (small3d
-    features ``(16, 64, 4, 7, 7)``, ``N = 4``; numbers in report 3b):
-
-    - ``tau = 1000``, scoring kernels ``N(0, score_init_std^2)`` with ``score_init_std = 0.1``.
-      At initialisation only ``score_init_std / tau`` matters: the mean entropy of
-      ``softmax(v / tau)`` is 0.98 (layer 1) and 0.93 (layer 2) of ``log N`` on real clips (seeds
-      0-4). During training only ``lr / tau`` matters (Adam's step does not depend on the gradient's
-      scale), and one Adam step moves every spike by up to about ``lr * C_out * |sum_p x|_1``: with
-      ``tau = 1`` and the default ``lr = 2e-3`` the routing collapsed onto one neuron within five
-      steps, with ``tau = 100`` within ten; with ``tau = 1000`` the hard selection still used every
-      neuron after 40 steps (entropy of softmax(v / tau) 0.73 and 0.16-0.6 of ``log N``), so the
-      upstream parameters (the gates too) keep an ordinary learning rate. Scaling ``tau``,
-      ``score_init_std`` and the upstream ``lr`` together gives the same training.
-    - Evaluation routes by the argmax of ``v_i = w_i . sum_p x``; that sends every clip to one
-      neuron when ``sum_p x`` has a large common mode (positive features after a ReLU). small3d
-      therefore ends at a BatchNorm (:class:`dsts.backbones.Small3D`); layer 2 sees layer 1's
-      fusion output, which keeps some common mode. The torchvision trunks end with a ReLU.
-    - ``routing = "sparse"``: the same forward as dense, a cheaper backward (about N times fewer
-      operator FLOPs; 2x on the whole CPU training step in report 3). On the generated benchmark at
-      6 epochs both routings stay at chance accuracy, as does everything else (report 3b), so the
-      choice rests on speed; the two are different gradient estimators for the scoring kernels
-      (dense: exact straight-through to every spike; sparse: through ``h_a`` only).
+    The selection logits are ``v / tau``: training samples ``softmax(v / tau)`` by a hard
+    Gumbel-Softmax, relaxed mode uses ``softmax(v / tau)``, evaluation the argmax of ``v``. The
+    defaults of ``tau``, ``score_init_std`` and ``routing`` were chosen by measurement
+    (docs/routing.md): ``tau`` and the scoring kernels' initial scale keep the training-time
+    choice from saturating at initialisation, where a saturated softmax would pass almost no
+    straight-through gradient to the scoring kernels, and ``tau`` keeps one Adam step of the
+    upstream parameters from collapsing the routing onto one neuron.
 
     ``generator`` (None: the global CPU RNG) feeds every layer's Gumbel and Semhash draws.
     After each forward: ``last_selection (B, L)`` (long) and ``last_gates (B, L, C)`` (the gate

@@ -128,3 +128,19 @@ def read_metrics(path: str | Path, required: Sequence[str] = ()) -> dict[str, fl
         if key not in out or not math.isfinite(out[key]):
             raise RunFileError(f"{path}: no finite {key!r}")
     return out
+
+
+def write_per_class(
+    path: str | Path,
+    names: Sequence[str],
+    cues: Sequence[str | None],
+    support: Sequence[int],
+    accuracy: Sequence[float],
+) -> None:
+    """One row per class: label, name, cue (empty when none), test support and accuracy (empty
+    when the class has no test sample)."""
+    with atomic_write(path, newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["label", "name", "cue", "support", "accuracy"])
+        for k, (name, cue, n, acc) in enumerate(zip(names, cues, support, accuracy, strict=True)):
+            writer.writerow([k, name, cue or "", int(n), "" if acc != acc else repr(float(acc))])

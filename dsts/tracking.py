@@ -17,12 +17,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dsts.config import Config
-
-T = TypeVar("T")
-
+# telemetry off before MLflow is imported (it reads these when it loads)
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
+
+import mlflow  # noqa: E402
+from mlflow.entities import Metric, Param  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from dsts.config import Config  # noqa: E402
+
+T = TypeVar("T")
 
 
 def workspace_root() -> Path:
@@ -73,9 +78,6 @@ class Tracker:
     """The MLflow run of one (variant, seed)."""
 
     def __init__(self, cfg: Config):
-        import mlflow
-        from mlflow.tracking import MlflowClient
-
         self.cfg = cfg
         self.uri = tracking_uri()
         mlflow.set_tracking_uri(self.uri)
@@ -165,16 +167,12 @@ class Tracker:
         return run_id
 
     def log_params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
-
         items = [Param(k, "null" if v is None else str(v)) for k, v in sorted(params.items())]
         for i in range(0, len(items), 100):
             batch = items[i : i + 100]
             retry(lambda b=batch: self.client.log_batch(self.run_id, params=b))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         items = [
             Metric(key, float(value), now, step or 0)

@@ -8,27 +8,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from dsts.config import Config, ConfigError, load_config
+from dsts.config import Config, load_config
+from dsts.errors import DSTSError
 
 EXIT_BAD_INPUT = 2
-
-
-def user_errors() -> tuple[type[Exception], ...]:
-    """Exceptions that mean bad input from the user, reported as one line (exit 2)."""
-    errors: list[type[Exception]] = [ConfigError, FileNotFoundError]
-    try:
-        from dsts.data import DataError
-
-        errors.append(DataError)
-    except ImportError:  # the data package is optional for the core
-        pass
-    try:
-        from dsts.errors import DSTSError
-
-        errors.append(DSTSError)
-    except ImportError:
-        pass
-    return tuple(errors)
 
 
 def add_config_args(parser: argparse.ArgumentParser, variant: bool = True, seed: bool = True) -> None:
@@ -58,13 +41,14 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def run(main: Callable[[], int | None]) -> None:
-    """Run a stage; bad input ends in one line on stderr and exit 2, never a traceback."""
+    """Run a stage; bad input (a :class:`DSTSError`) ends in one line on stderr and exit 2, never a
+    traceback; anything else is a bug and keeps its traceback."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     try:
         code = main()
-    except user_errors() as exc:
+    except DSTSError as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"error: {message}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)

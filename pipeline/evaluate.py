@@ -9,19 +9,16 @@ trained the model.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import os
 from pathlib import Path
 
+from dsts import metrics as M
+from dsts.checkpoint import load_model
+from dsts.data import build_dataset, build_loader
+from dsts.engine import evaluation_metrics, predict, resolve_device
+from dsts.plots import plot_confusion, plot_usage_heatmap
+from dsts.runs import RunFolder, run_folder, write_metrics, write_per_class
+from dsts.tracking import Tracker
 from pipeline._cli import add_config_args, config_from_args, run
-from pipeline.train import run_dir
-
-
-def write_json(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def main() -> int:
@@ -31,19 +28,14 @@ def main() -> int:
     args = parser.parse_args()
     cfg = config_from_args(args)
 
-    from dsts import metrics as M
-    from dsts.data import build_dataset, build_loader
-    from dsts.engine import evaluation_metrics, load_model, predict, resolve_device
-    from dsts.plots import plot_confusion, plot_usage_heatmap
-
-    out = Path(args.out) if args.out else run_dir(cfg.variant, cfg.train.seed)
+    out = RunFolder(Path(args.out)) if args.out else run_folder(cfg.variant, cfg.train.seed)
     device = resolve_device(cfg.train.device)
-    model, saved = load_model(out / "model.pt", cfg, device)
+    model, saved = load_model(out.model, cfg, device)
     test_ds = build_dataset(cfg.data, "test", train=False, seed=cfg.train.seed)
     loader = build_loader(test_ds, batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers)
     pred = predict(model, loader, device, cfg.train.bf16)
     num_classes = int(saved["num_classes"])
-    cues = list(getattr(test_ds, "class_cues", [None] * num_classes))
+    cues = list(test_ds.class_cues)
     metrics = evaluation_metrics(
         pred, num_classes, cfg.model.dsts.num_neurons, cues, cfg.eval.top_k, prefix="test/"
     )
@@ -53,21 +45,11 @@ def main() -> int:
 
     names = list(saved["class_names"])
     preds = pred.scores.argmax(-1)
-    per_class = M.per_class_accuracy(preds, pred.labels, num_classes)
     cm = M.confusion_matrix(preds, pred.labels, num_classes)
-    partial = out / ".per_class.csv.tmp"
-    with open(partial, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["label", "name", "cue", "support", "accuracy"])
-        for k in range(num_classes):
-            acc = per_class[k]
-            writer.writerow(
-                [k, names[k], cues[k] or "", int(cm[k].sum()), "" if acc != acc else repr(float(acc))]
-            )
-    os.replace(partial, out / "per_class.csv")
-    plot_dir = out / "plots"
-    plot_dir.mkdir(exist_ok=True)
-    plot_confusion(cm, names, plot_dir / "confusion.png")
+    write_per_class(
+        out.per_class, names, cues, cm.sum(axis=1), M.per_class_accuracy(preds, pred.labels, num_classes)
+    )
+    plot_confusion(cm, names, out.plots / "confusion.png")
     plots = ["confusion.png"]
     if pred.selection is not None:
         n_neurons = cfg.model.dsts.num_neurons
@@ -75,27 +57,23 @@ def main() -> int:
             usage = M.class_neuron_usage(pred.selection, pred.labels, layer, num_classes, n_neurons)
             name = f"usage_layer{layer}.png"
             plot_usage_heatmap(
-                usage, names, plot_dir / name, f"{cfg.variant} seed {cfg.train.seed}: layer {layer}"
+                usage, names, out.plots / name, f"{cfg.variant} seed {cfg.train.seed}: layer {layer}"
             )
             plots.append(name)
         for line in M.collapse_warnings(metrics):
             print(f"warning: {line}")
-    write_json(metrics, out / "metrics.json")
+    write_metrics(out.metrics, metrics)
 
     if cfg.tracking.enabled:
-        from dsts.tracking import Tracker
-
         tracker = Tracker(cfg)
         with tracker.run(saved["run_id"] or None) as t:
             t.log_metrics(metrics, step=cfg.train.epochs)
-            t.log_artifact(out / "metrics.json")
-            t.log_artifact(out / "per_class.csv")
+            t.log_artifact(out.metrics)
+            t.log_artifact(out.per_class)
             for name in plots:
-                t.log_artifact(plot_dir / name, "plots")
+                t.log_artifact(out.plots / name, "plots")
             t.set_tag("eval_status", "done")
-    print(
-        f"evaluated {cfg.variant} seed {cfg.train.seed}: top1 {metrics['test/top1']:.4f} -> {out / 'metrics.json'}"
-    )
+    print(f"evaluated {cfg.variant} seed {cfg.train.seed}: top1 {metrics['test/top1']:.4f} -> {out.metrics}")
     return 0
 
 

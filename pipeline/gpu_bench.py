@@ -16,6 +16,14 @@ import json
 import sys
 import time
 
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from dsts.config import Config, DSTSConfig, ModelConfig
+from dsts.model import build_model
+from dsts.udl import UDLStep, split_parameters
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(
@@ -34,16 +42,9 @@ def main() -> int:
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
 
-    import torch
-    import torch.nn.functional as F
-
     if not torch.cuda.is_available():
         print("gpu_bench: skipped, no CUDA device is available")
         return 0
-
-    from dsts.config import Config, DSTSConfig, ModelConfig
-    from dsts.model import build_model
-    from dsts.udl import UDLStep, split_parameters
 
     device = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
@@ -101,8 +102,6 @@ def main() -> int:
         )
         train, val = batch(), batch()
         return lambda: runner.step(train, val)
-
-    from torch.utils.flop_counter import FlopCounterMode
 
     results: dict = {
         "device": torch.cuda.get_device_name(0),

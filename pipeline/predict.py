@@ -13,8 +13,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import pandas as pd
+import torch
+
+from dsts.checkpoint import load_model
+from dsts.data.dataset import VideoDataset
+from dsts.engine import resolve_device
+from dsts.runs import RunFolder, run_folder
 from pipeline._cli import add_config_args, config_from_args, run
-from pipeline.train import run_dir
 
 
 def main() -> int:
@@ -30,15 +36,9 @@ def main() -> int:
     args = parser.parse_args()
     cfg = config_from_args(args)
 
-    import pandas as pd
-    import torch
-
-    from dsts.data.dataset import VideoDataset
-    from dsts.engine import load_model, resolve_device
-
-    out = Path(args.out) if args.out else run_dir(cfg.variant, cfg.train.seed)
+    out = RunFolder(Path(args.out)) if args.out else run_folder(cfg.variant, cfg.train.seed)
     device = resolve_device(cfg.train.device)
-    model, saved = load_model(out / "model.pt", cfg, device)
+    model, saved = load_model(out.model, cfg, device)
     names = list(saved["class_names"])
     table = pd.DataFrame(
         {

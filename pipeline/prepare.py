@@ -14,11 +14,11 @@ nothing is written unless ``--out`` asks for the generated benchmark.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from dsts.data import contact_sheet, read_diving48, read_finegym
+from dsts.data.generate import default_jobs, generate_benchmark
+from dsts.files import staged_folder
 from pipeline._cli import add_config_args, config_from_args, run
 
 
@@ -32,12 +32,7 @@ def main() -> int:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
     cfg = config_from_args(args)
 
-    from dsts.data import contact_sheet
-    from dsts.data.generate import default_jobs, generate_benchmark
-
     if cfg.data.dataset != "generated" and args.out is None:
-        from dsts.data import read_diving48, read_finegym
-
         root = Path(cfg.data.root)
         if cfg.data.dataset == "diving48":
             sizes = {split: len(read_diving48(root, split)) for split in ("train", "test")}
@@ -50,10 +45,8 @@ def main() -> int:
         return 0
 
     target = Path(args.out or cfg.data.root).resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
     gen = cfg.data.generate
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with staged_folder(target, replace=True) as staging:
         summary = generate_benchmark(
             staging,
             classes=gen.classes,
@@ -65,22 +58,6 @@ def main() -> int:
             jobs=args.jobs or default_jobs(),
         )
         contact_sheet(staging, staging / "contact_sheet.png")
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-        try:
-            os.replace(staging, target)
-        except OSError:
-            if old is not None:  # put the complete older folder back
-                os.replace(old, target)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     print(
         f"prepare: {summary['classes']} classes, {summary['train']} train and {summary['test']} test clips "
         f"({summary['frames']} frames at {summary['size']}x{summary['size']}) -> {target} "

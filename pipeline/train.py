@@ -11,16 +11,18 @@ learning curves), ``learning_curves.png``, ``config.yaml`` and ``timing.json``; 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import yaml
 
+from dsts.checkpoint import load_checkpoint, save_model
+from dsts.distributed import init_from_env, shutdown
+from dsts.engine import Trainer
+from dsts.files import write_json, write_text
+from dsts.plots import plot_learning_curves
+from dsts.runs import RunFolder, run_folder, write_history
+from dsts.tracking import Tracker
 from pipeline._cli import add_config_args, config_from_args, run
-
-
-def run_dir(variant: str, seed: int, root: str | Path = "runs") -> Path:
-    return Path(root) / variant / f"seed{seed}"
 
 
 def main() -> int:
@@ -29,9 +31,6 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="output folder (default: runs/<variant>/seed<S>)")
     args = parser.parse_args()
     cfg = config_from_args(args)
-
-    from dsts.distributed import init_from_env, shutdown
-
     rank, world_size, device = init_from_env()
     try:
         return _train(cfg, args, rank, world_size, device)
@@ -40,32 +39,38 @@ def main() -> int:
 
 
 def _train(cfg, args, rank: int, world_size: int, device) -> int:
-    from dsts.engine import Trainer, checkpoint_path, load_checkpoint, save_model, write_history_csv
-    from dsts.plots import plot_learning_curves
-
-    out = Path(args.out) if args.out else run_dir(cfg.variant, cfg.train.seed)
-    ckpt = checkpoint_path(out, cfg)
+    out = RunFolder(Path(args.out)) if args.out else run_folder(cfg.variant, cfg.train.seed)
+    ckpt = out.checkpoint(cfg.hash())
     run_id = load_checkpoint(ckpt, cfg).get("run_id") if ckpt.exists() else None
-
-    tracker = None
-    if cfg.tracking.enabled and rank == 0:
-        from dsts.tracking import Tracker
-
-        tracker = Tracker(cfg)
+    tracker = Tracker(cfg) if cfg.tracking.enabled and rank == 0 else None
     on_epoch = (lambda row, epoch: tracker.log_metrics(row, step=epoch)) if tracker else None
 
     def train(current_run: str | None):
         trainer = Trainer(
-            cfg, out, on_epoch=on_epoch, run_id=current_run, rank=rank, world_size=world_size, device=device
+            cfg,
+            out.path,
+            on_epoch=on_epoch,
+            run_id=current_run,
+            rank=rank,
+            world_size=world_size,
+            device=device,
         )
         result = trainer.fit()
         if rank != 0:
             return result, {}
-        out.mkdir(parents=True, exist_ok=True)
-        save_model(out / "model.pt", result, cfg)
-        write_history_csv(result.history, out / "history.csv")
-        plot_learning_curves(result.history, out / "learning_curves.png")
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        save_model(
+            out.model,
+            result.model,
+            cfg,
+            result.num_classes,
+            result.class_names,
+            result.class_cues,
+            result.history,
+            result.run_id,
+        )
+        write_history(out.history, result.history)
+        plot_learning_curves(result.history, out.path / "learning_curves.png")
+        write_text(out.path / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         timing = {
             "train_seconds": round(result.seconds, 3),
             "data_seconds": round(result.data_seconds, 3),
@@ -73,7 +78,7 @@ def _train(cfg, args, rank: int, world_size: int, device) -> int:
             "epochs_run": cfg.train.epochs - result.resumed_from,
             "resumed_from_epoch": result.resumed_from,
         }
-        (out / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
+        write_json(out.timing, timing)
         return result, timing
 
     if tracker is None:
@@ -82,10 +87,16 @@ def _train(cfg, args, rank: int, world_size: int, device) -> int:
     with tracker.run(run_id) as t:
         result, timing = train(t.run_id)
         t.log_metrics({f"timing/{k}": v for k, v in timing.items()}, step=cfg.train.epochs)
-        for name in ("model.pt", "history.csv", "learning_curves.png", "config.yaml", "timing.json"):
-            t.log_artifact(out / name)
+        for file in (
+            out.model,
+            out.history,
+            out.path / "learning_curves.png",
+            out.path / "config.yaml",
+            out.timing,
+        ):
+            t.log_artifact(file)
         t.set_tag("train_status", "done")
-    print(f"trained {cfg.variant} seed {cfg.train.seed} -> {out} (MLflow run {tracker.run_id})")
+    print(f"trained {cfg.variant} seed {cfg.train.seed} -> {out.path} (MLflow run {tracker.run_id})")
     return 0
 
 

@@ -1,62 +1,18 @@
-"""The engine's pieces: seeded batch order, the schedule, checkpoints and RNG state."""
+"""The engine's pieces: the learning-rate schedule, evaluation-mode prediction over views, and the
+evaluation metrics against literal values."""
 
 from __future__ import annotations
 
 import math
-import random
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from torch import nn
 
-from dsts.checkpoint import FORMAT, atomic_save, rng_state, safe_load, set_rng_state
 from dsts.config import load_config
-from dsts.engine import SeededSampler, load_checkpoint, lr_factor
-from dsts.errors import DSTSError
-from dsts.seeding import mix_seed
-
-
-@given(
-    size=st.integers(1, 60),
-    batch=st.integers(1, 9),
-    seed=st.integers(0, 2**31),
-    epoch=st.integers(0, 50),
-)
-def test_batches_partition_one_permutation(size, batch, seed, epoch):
-    sampler = SeededSampler(size, batch, seed, stream=0)
-    sampler.set_epoch(epoch)
-    assert sorted(sampler) == list(range(size))
-    batches = sampler.batches()
-    flat = [i for b in batches for i in b]
-    assert len(batches) == sampler.num_batches() == size // batch
-    assert all(len(b) == batch for b in batches) and len(set(flat)) == len(flat)
-    again = SeededSampler(size, batch, seed, stream=0)
-    again.set_epoch(epoch)
-    assert again.batches() == batches
-    # what a DataLoader makes of it
-    loader = torch.utils.data.DataLoader(list(range(size)), batch_size=batch, sampler=again, drop_last=True)
-    assert [b.tolist() for b in loader] == batches
-
-
-@given(size=st.integers(2, 80), world=st.integers(1, 4), seed=st.integers(0, 1000))
-def test_rank_shards_are_disjoint_and_cover_the_usable_permutation(size, world, seed):
-    full = SeededSampler(size, 1, seed).indices()
-    shards = [SeededSampler(size, 1, seed, rank=r, world_size=world).indices() for r in range(world)]
-    usable = (size // world) * world
-    assert sorted(i for s in shards for i in s) == sorted(full[:usable])
-    assert len({len(s) for s in shards}) == 1
-
-
-def test_streams_and_epochs_give_different_orders():
-    a = SeededSampler(100, 10, seed=0, stream=0)
-    b = SeededSampler(100, 10, seed=0, stream=1)
-    assert a.indices() != b.indices()
-    first = a.indices()
-    a.set_epoch(1)
-    assert a.indices() != first
-    assert mix_seed(1, 2, 3) == mix_seed(1, 2, 3) != mix_seed(1, 2, 4)
+from dsts.engine import Predictions, evaluation_metrics, lr_factor, predict
 
 
 @given(step=st.integers(0, 199), warmup=st.sampled_from([0.0, 0.5, 2.0]))
@@ -82,57 +38,40 @@ def test_step_schedule():
     assert [lr_factor(cfg, e * 10, 10) for e in range(5)] == [1.0, 1.0, 0.5, 0.5, 0.25]
 
 
-def test_rng_state_round_trip(tmp_path):
-    random.seed(1)
-    np.random.seed(2)
-    torch.manual_seed(3)
-    g = torch.Generator().manual_seed(4)
-    atomic_save({"format": FORMAT, "rng": rng_state({"g": g})}, tmp_path / "s.pt")
-    expected = (random.random(), np.random.rand(), torch.rand(3), torch.rand(2, generator=g))
-    random.seed(9)
-    np.random.seed(9)
-    torch.manual_seed(9)
-    g.manual_seed(9)
-    set_rng_state(safe_load(tmp_path / "s.pt")["rng"], {"g": g})
-    got = (random.random(), np.random.rand(), torch.rand(3), torch.rand(2, generator=g))
-    assert got[0] == expected[0] and got[1] == expected[1]
-    assert torch.equal(got[2], expected[2]) and torch.equal(got[3], expected[3])
+def test_evaluation_metrics_against_literal_values():
+    # 4 samples, 3 classes: the argmax is right for samples 0 and 2; sample 1's label is second best
+    scores = torch.tensor([[0.7, 0.2, 0.1], [0.5, 0.3, 0.2], [0.1, 0.1, 0.8], [0.6, 0.3, 0.1]])
+    labels = torch.tensor([0, 1, 2, 2])
+    selection = torch.tensor([[0], [0], [1], [1]])
+    pred = Predictions(scores, labels, loss=0.25, selection=selection, gates=None)
+    got = evaluation_metrics(pred, num_classes=3, num_neurons=2, top_k=2, prefix="test/")
+    assert got["test/top1"] == 0.5
+    assert got["test/top2"] == 0.75  # sample 3's label is third
+    assert got["test/mean_class_accuracy"] == pytest.approx((1.0 + 0.0 + 0.5) / 3)
+    assert got["test/loss"] == 0.25
+    assert got["test/layer0/usage/neuron0"] == 0.5 and got["test/layer0/max_usage"] == 0.5
+    assert all(k.startswith("test/") for k in got) and all(v == v for v in got.values())
 
 
-def test_atomic_save_leaves_no_temp_and_keeps_old_file_on_failure(tmp_path):
-    path = tmp_path / "c.pt"
-    atomic_save({"format": FORMAT, "x": 1}, path)
+class Views(nn.Module):
+    """Logits that depend on the clip's first value only, so each view's answer is known."""
 
-    class Boom:
-        def __reduce__(self):
-            raise RuntimeError("cannot pickle")
-
-    with pytest.raises(RuntimeError, match="cannot pickle"):
-        atomic_save({"format": FORMAT, "x": Boom()}, path)
-    assert safe_load(path)["x"] == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+    def forward(self, x):
+        return torch.stack([x[:, 0, 0, 0, 0], -x[:, 0, 0, 0, 0]], dim=1)
 
 
-def test_bad_checkpoints_are_one_line_errors(tmp_path):
-    garbage = tmp_path / "garbage.pt"
-    garbage.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(DSTSError, match="not a readable checkpoint"):
-        safe_load(garbage)
-    with pytest.raises(DSTSError, match="no such checkpoint"):
-        safe_load(tmp_path / "absent.pt")
-    cfg = load_config("params.yaml", variant="dsts", seed=0)
-    other = load_config("params.yaml", variant="dsts", seed=1)
-    atomic_save({"format": FORMAT, "config_hash": other.hash()}, tmp_path / "other.pt")
-    with pytest.raises(DSTSError, match="checkpoint of another config") as info:
-        load_checkpoint(tmp_path / "other.pt", cfg)
-    assert "\n" not in str(info.value)
+def test_predict_averages_probabilities_over_views_and_restores_the_mode():
+    model = Views().train()
+    clips = torch.zeros(2, 3, 3, 1, 1, 1)  # 2 samples, 3 views each
+    clips[0, :, 0, 0, 0, 0] = torch.tensor([1.0, 2.0, -1.0])
+    clips[1, :, 0, 0, 0, 0] = torch.tensor([0.0, 0.0, 0.0])
+    pred = predict(model, [(clips, torch.tensor([0, 1]))], torch.device("cpu"))
 
+    def p0(v):
+        return 1.0 / (1.0 + math.exp(-2.0 * v))  # softmax([v, -v])[0]
 
-def test_weights_only_refuses_arbitrary_pickle(tmp_path):
-    class Evil:
-        def __reduce__(self):
-            return (print, ("executed",))
-
-    torch.save({"format": FORMAT, "payload": Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(DSTSError):
-        safe_load(tmp_path / "evil.pt")
+    assert pred.scores[0, 0].item() == pytest.approx((p0(1.0) + p0(2.0) + p0(-1.0)) / 3)
+    assert pred.scores[1].tolist() == [0.5, 0.5]
+    expected_loss = -(math.log(pred.scores[0, 0].item()) + math.log(0.5)) / 2
+    assert pred.loss == pytest.approx(expected_loss)
+    assert model.training and pred.selection is None

@@ -26,12 +26,12 @@ _EXPORTS = {
     "train_transform": "dsts.data.transforms",
     "test_transform": "dsts.data.transforms",
     "VideoDataset": "dsts.data.dataset",
-    "EpochShuffleSampler": "dsts.data.dataset",
+    "SeededSampler": "dsts.data.sampling",
     "build_dataset": "dsts.data.dataset",
     "build_loader": "dsts.data.dataset",
     "set_epoch": "dsts.data.dataset",
     "generate_benchmark": "dsts.data.generate",
-    "class_specs": "dsts.data.generate",
+    "class_specs": "dsts.data.dives",
     "contact_sheet": "dsts.data.sheet",
 }
 

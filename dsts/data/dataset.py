@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+import random
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -26,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dsts.data.decode import Video
 from dsts.data.readers import entry_name, read_diving48, read_finegym, read_vocab
-from dsts.data.sampling import sample_indices
+from dsts.data.sampling import SeededSampler, sample_indices
 from dsts.data.transforms import resize_short_side, test_transform, train_transform
 from dsts.errors import DataError
 from dsts.seeding import mix_seed
@@ -275,31 +276,9 @@ def build_dataset(cfg: Any, split: str, train: bool, seed: int = 0) -> VideoData
     )
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """A shuffle whose permutation is a function of ``(seed, epoch)`` only (``set_epoch``), so a run
-    resumed at epoch ``k`` visits the clips in the order the original did."""
-
-    def __init__(self, size: int, seed: int = 0) -> None:
-        self.size = int(size)
-        self.seed = int(seed)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(mix_seed(1, self.seed, self.epoch))
-        return iter(torch.randperm(self.size, generator=generator).tolist())
-
-
 def _worker_init(worker_id: int) -> None:
     """Seed the global generators of a worker from the loader's seed (items do not use them, but a
     user transform might) and keep one thread per worker."""
-    import random
-
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
@@ -318,14 +297,14 @@ def build_loader(
 ) -> DataLoader:
     """A ``DataLoader`` whose batches are a function of the seed and epoch, whatever ``num_workers``.
 
-    ``shuffle`` uses an :class:`EpochShuffleSampler`; call :func:`set_epoch` on the loader before
-    each epoch (it sets the sampler's and the dataset's epoch). Workers are not persistent, so each
-    epoch's workers see the dataset's current epoch.
+    ``shuffle`` uses a :class:`SeededSampler` of ``seed``; call :func:`set_epoch` on the loader
+    before each epoch (it sets the sampler's and the dataset's epoch). Workers are not persistent,
+    so each epoch's workers see the dataset's current epoch.
     """
     if sampler is not None and shuffle:
         raise ValueError("build_loader: give a sampler or shuffle, not both")
     if shuffle:
-        sampler = EpochShuffleSampler(len(dataset), seed)  # type: ignore[arg-type]
+        sampler = SeededSampler(len(dataset), batch_size, seed)  # type: ignore[arg-type]
     return DataLoader(
         dataset,
         batch_size=batch_size,

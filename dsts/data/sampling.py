@@ -1,6 +1,10 @@
-"""Which frames a clip takes: TSN segment sampling or dense sampling at a stride.
+"""Sampling: which clips a batch takes (:class:`SeededSampler`) and which frames a clip takes
+(TSN segment sampling or dense sampling at a stride).
 
-Indices are relative to the clip's first frame and lie in ``[0, length)``; they are sorted.
+Every order and every draw is a pure function of integers (the seed, a stream, the epoch), so a
+run resumed at epoch ``k`` sees what the original saw, with any number of loader workers.
+
+Frame indices are relative to the clip's first frame and lie in ``[0, length)``; they are sorted.
 
 - **Segment** (TSN): the clip is cut into ``T`` segments ``[floor(k L / T), floor((k+1) L / T))``.
   Training takes one uniformly random frame per segment; testing takes, for view ``c`` of ``n``,
@@ -19,6 +23,50 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
+from dsts.seeding import mix_seed
+
+
+class SeededSampler(torch.utils.data.Sampler[int]):
+    """Indices in a permutation seeded by ``(seed, stream, epoch)``: the whole state is the epoch.
+
+    ``stream`` separates independent orders over the same data (the training batches and the
+    UDL ``D_val`` batches). ``rank``/``world_size`` shard each permutation for data parallelism;
+    the shards are disjoint and equally long. A ``DataLoader`` with ``batch_size`` and
+    ``drop_last=True`` turns it into the batches of :meth:`batches`.
+    """
+
+    def __init__(
+        self, size: int, batch_size: int, seed: int, stream: int = 0, rank: int = 0, world_size: int = 1
+    ):
+        self.size, self.batch_size, self.seed, self.stream = size, batch_size, seed, stream
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def indices(self) -> list[int]:
+        g = torch.Generator().manual_seed(mix_seed(self.seed, self.stream, self.epoch))
+        order = torch.randperm(self.size, generator=g).tolist()
+        usable = (len(order) // self.world_size) * self.world_size
+        return order[:usable][self.rank :: self.world_size]
+
+    def batches(self) -> list[list[int]]:
+        order = self.indices()
+        return [
+            order[i : i + self.batch_size]
+            for i in range(0, self.num_batches() * self.batch_size, self.batch_size)
+        ]
+
+    def num_batches(self) -> int:
+        return (self.size // self.world_size) // self.batch_size
+
+    def __iter__(self):
+        return iter(self.indices())
+
+    def __len__(self) -> int:
+        return self.size // self.world_size
 
 
 def _uniform(high: int, generator: torch.Generator | None) -> int:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 
 from dsts.data.decode import read_video
 from dsts.data.readers import read_attributes, read_diving48, read_vocab
@@ -17,10 +21,6 @@ def contact_sheet(root: str | Path, out: str | Path, split: str = "train", frame
     """Write a PNG with the first clip of each class in ``{root}/Diving48_V2_{split}.json``: ``frames``
     evenly spaced frames per row (first to last), titled with the class's vocab name and its cue
     (kind and attribute, when ``Diving48_attributes.json`` says). Returns ``out``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     table = read_diving48(root, split)
     vocab = read_vocab(root)

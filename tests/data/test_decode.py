@@ -7,6 +7,9 @@ import pytest
 
 from dsts.data import DataError, Video, probe, read_video
 from dsts.data import decode as decode_module
+from dsts.data.dives import class_specs
+from dsts.data.generate import split_entries
+from dsts.data.render import render_clip
 from tests.data.conftest import numbered_frames, write_lossless
 
 
@@ -84,8 +87,6 @@ def test_out_of_range_request(numbered):
 
 def test_generated_clip_round_trip(tiny_root):
     """A generated (lossy) clip decodes to its rendered frames within the codec's error."""
-    from dsts.data.generate import class_specs, render_clip, split_entries
-
     specs = class_specs(4)
     name, spec, seed = split_entries("train", specs, 3, 0)[0]
     rendered = render_clip(spec, seed, 8, 32)

@@ -1,4 +1,5 @@
-"""Sampling indices: T of them, sorted, inside [0, L), one per segment; the padding rule."""
+"""Sampling: the seeded batch order (a permutation per seed, stream and epoch, sharded by rank), and
+frame indices (T of them, sorted, inside [0, L), one per segment; the padding rule)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dsts.data import dense_indices, sample_indices, segment_indices
-from dsts.data.sampling import segment_bounds
+from dsts.data.sampling import SeededSampler, segment_bounds
 
 lengths = st.integers(1, 400)
 counts = st.integers(1, 32)
@@ -107,3 +108,43 @@ def test_bad_arguments():
         sample_indices("random", 10, 4, False)
     with pytest.raises(ValueError):
         segment_indices(10, 4, False, view=2, num_views=2)
+
+
+@given(
+    size=st.integers(1, 60),
+    batch=st.integers(1, 9),
+    seed=st.integers(0, 2**31),
+    epoch=st.integers(0, 50),
+)
+def test_batches_partition_one_permutation(size, batch, seed, epoch):
+    sampler = SeededSampler(size, batch, seed, stream=0)
+    sampler.set_epoch(epoch)
+    assert sorted(sampler) == list(range(size))
+    batches = sampler.batches()
+    flat = [i for b in batches for i in b]
+    assert len(batches) == sampler.num_batches() == size // batch
+    assert all(len(b) == batch for b in batches) and len(set(flat)) == len(flat)
+    again = SeededSampler(size, batch, seed, stream=0)
+    again.set_epoch(epoch)
+    assert again.batches() == batches
+    # what a DataLoader makes of it
+    loader = torch.utils.data.DataLoader(list(range(size)), batch_size=batch, sampler=again, drop_last=True)
+    assert [b.tolist() for b in loader] == batches
+
+
+@given(size=st.integers(2, 80), world=st.integers(1, 4), seed=st.integers(0, 1000))
+def test_rank_shards_are_disjoint_and_cover_the_usable_permutation(size, world, seed):
+    full = SeededSampler(size, 1, seed).indices()
+    shards = [SeededSampler(size, 1, seed, rank=r, world_size=world).indices() for r in range(world)]
+    usable = (size // world) * world
+    assert sorted(i for s in shards for i in s) == sorted(full[:usable])
+    assert len({len(s) for s in shards}) == 1
+
+
+def test_streams_and_epochs_give_different_orders():
+    a = SeededSampler(100, 10, seed=0, stream=0)
+    b = SeededSampler(100, 10, seed=0, stream=1)
+    assert a.indices() != b.indices()
+    first = a.indices()
+    a.set_epoch(1)
+    assert a.indices() != first

@@ -80,7 +80,6 @@ def test_bad_config_is_one_line_and_writes_nothing(tmp_path):
 
 def test_failure_keeps_the_older_complete_folder(tmp_path, monkeypatch):
     """A generation that fails half-way leaves the older benchmark as it was and no staging folder."""
-    import dsts.data.generate as generate
     import pipeline.prepare as stage
 
     target = tmp_path / "generated"
@@ -92,7 +91,7 @@ def test_failure_keeps_the_older_complete_folder(tmp_path, monkeypatch):
         (Path(root) / "rgb" / "half.mp4").write_bytes(b"partial")
         raise DataError("generate: the disk is full (simulated)")
 
-    monkeypatch.setattr(generate, "generate_benchmark", broken)
+    monkeypatch.setattr(stage, "generate_benchmark", broken)
     monkeypatch.setattr(sys, "argv", ["prepare", "--params", str(ROOT / "params.yaml"), "--out", str(target)])
     with pytest.raises(DataError, match="simulated"):
         stage.main()

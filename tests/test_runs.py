@@ -1,0 +1,63 @@
+"""The run folder: its layout, and run files that round-trip exactly or fail with one line."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dsts.runs import (
+    RunFileError,
+    read_history,
+    read_metrics,
+    run_dir,
+    run_folder,
+    write_history,
+    write_metrics,
+    write_per_class,
+)
+
+
+def test_layout():
+    assert run_dir("dsts_udl", 2) == Path("runs/dsts_udl/seed2")
+    folder = run_folder("baseline", 0, root="/tmp/r")
+    assert folder.metrics == Path("/tmp/r/baseline/seed0/metrics.json")
+    assert folder.checkpoint("abc") == Path("/tmp/r/baseline/seed0/checkpoints/abc.pt")
+
+
+finite = st.floats(allow_nan=False, allow_infinity=False)
+
+
+@given(rows=st.lists(st.fixed_dictionaries({"loss": finite, "test/top1": finite}), min_size=1, max_size=5))
+def test_history_round_trips_every_float_exactly(tmp_path_factory, rows):
+    path = tmp_path_factory.mktemp("h") / "history.csv"
+    history = [{"epoch": float(i + 1), **row} for i, row in enumerate(rows)]
+    write_history(path, history)
+    assert read_history(path) == history
+    assert path.read_text().splitlines()[1].startswith("1,")  # the epoch is an integer
+
+
+def test_bad_run_files_are_one_line_errors(tmp_path):
+    with pytest.raises(RunFileError, match="missing"):
+        read_history(tmp_path / "history.csv")
+    (tmp_path / "history.csv").write_text("epoch,loss\n1,abc\n")
+    with pytest.raises(RunFileError, match="line 2: 'loss' is not a number"):
+        read_history(tmp_path / "history.csv")
+    (tmp_path / "m.json").write_text('{"test/top1": "high"}')
+    with pytest.raises(RunFileError, match="is not a number"):
+        read_metrics(tmp_path / "m.json")
+    write_metrics(tmp_path / "m.json", {"test/top1": 0.5})
+    assert read_metrics(tmp_path / "m.json", required=["test/top1"]) == {"test/top1": 0.5}
+    with pytest.raises(RunFileError, match="no finite 'test/loss'"):
+        read_metrics(tmp_path / "m.json", required=["test/loss"])
+
+
+def test_per_class_rows(tmp_path):
+    path = tmp_path / "per_class.csv"
+    write_per_class(path, ["a", "b"], ["temporal", None], [3, 0], [2 / 3, math.nan])
+    assert path.read_bytes() == (
+        b"label,name,cue,support,accuracy\r\n0,a,temporal,3,0.6666666666666666\r\n1,b,,0,\r\n"
+    )
