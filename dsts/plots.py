@@ -1,4 +1,5 @@
-"""The evaluation and report figures, drawn with matplotlib's Agg backend.
+"""The evaluation and report figures, drawn with matplotlib's Agg backend: every figure of the
+project is drawn here, from plain numbers, so that callers hold no matplotlib code.
 
 Each function checks its input first (so bad input leaves nothing behind), writes the PNG
 atomically (a temporary file in the target folder, then ``os.replace``: a reader never sees half an
@@ -12,7 +13,8 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +26,37 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from dsts.errors import DSTSError  # noqa: E402
 from dsts.files import atomic_write  # noqa: E402
-from dsts.metrics import MetricsError, _to_numpy  # noqa: E402
 
-__all__ = ["plot_bar_ci", "plot_confusion", "plot_learning_curves", "plot_usage_heatmap"]
+__all__ = [
+    "PlotError",
+    "plot_bar_ci",
+    "plot_confusion",
+    "plot_layer_heatmaps",
+    "plot_learning_curves",
+    "plot_seed_curves",
+    "plot_usage_heatmap",
+]
 
 DPI = 100
 NAME_LIMIT = 32  # longer class names are shortened with an ellipsis
 
 
-class PlotError(MetricsError):
+class PlotError(DSTSError, ValueError):
     """Bad input to a plot (shapes or lengths that do not match, values out of range)."""
+
+
+def _to_numpy(x: Any, name: str) -> np.ndarray:
+    """Tensors (any device, bf16 included) and array-likes to numpy, floats as float64. A tensor is
+    known by its methods, so that the report can draw without importing torch."""
+    if hasattr(x, "detach") and hasattr(x, "is_floating_point"):
+        x = x.detach().cpu()
+        x = (x.double() if x.is_floating_point() else x).numpy()
+    arr = np.asarray(x)
+    if arr.dtype.kind == "O":
+        raise PlotError(f"{name}: not a numeric array")
+    return arr.astype(np.float64) if arr.dtype.kind == "f" else arr
 
 
 def _short(name: Any) -> str:
@@ -69,25 +91,38 @@ def _names(class_names: Sequence[Any], count: int, what: str) -> list[str]:
     return [_short(n) for n in names]
 
 
-def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
-    """Write ``fig`` to ``path`` as PNG, atomically."""
-    with atomic_write(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=DPI)
-    return Path(path)
-
-
-def _draw_and_save(fig: Any, path: str | os.PathLike[str]) -> Path:
+@contextmanager
+def _figure(path: str | os.PathLike[str], *args: Any, **kwargs: Any) -> Iterator[tuple[Any, Any]]:
+    """``plt.subplots(*args, **kwargs)`` to draw on in the block; on a clean exit the figure is
+    written to ``path`` as PNG, atomically. The figure is closed either way."""
+    fig, axes = plt.subplots(*args, dpi=DPI, **kwargs)
     try:
-        return _save(fig, path)
+        yield fig, axes
+        with atomic_write(path, "wb") as handle:
+            fig.savefig(handle, format="png", dpi=DPI)
     finally:
         plt.close(fig)
 
 
-def _heatmap(ax: Any, values: np.ndarray, vmin: float, vmax: float) -> Any:
-    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")  # NaN: a class with no sample
+def _heatmap(ax: Any, values: np.ndarray, vmin: float, vmax: float, cmap: str = "viridis") -> Any:
+    colours = plt.get_cmap(cmap).with_extremes(bad="lightgrey")  # NaN: undefined, drawn grey
     return ax.imshow(
-        np.ma.masked_invalid(values), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest"
+        np.ma.masked_invalid(values),
+        cmap=colours,
+        vmin=vmin,
+        vmax=vmax,
+        aspect="auto",
+        interpolation="nearest",
     )
+
+
+def _write_cells(ax: Any, texts: Sequence[Sequence[str]], dark: np.ndarray, fontsize: float) -> None:
+    """Write ``texts[r][c]`` in each non-empty cell, white on ``dark`` cells, black elsewhere."""
+    for r, row in enumerate(texts):
+        for c, text in enumerate(row):
+            if text:
+                colour = "white" if dark[r, c] else "black"
+                ax.text(c, r, text, ha="center", va="center", fontsize=fontsize, color=colour)
 
 
 def plot_confusion(cm: Any, class_names: Sequence[Any], path: str | os.PathLike[str]) -> Path:
@@ -106,8 +141,7 @@ def plot_confusion(cm: Any, class_names: Sequence[Any], path: str | os.PathLike[
 
     fs = _tick_fontsize(k)
     side = _clip(3.5 + 0.22 * k, 4.0, 18.0) + _label_inches(names, fs)
-    fig, ax = plt.subplots(figsize=(side + 1.2, side), dpi=DPI, layout="constrained")
-    try:
+    with _figure(path, figsize=(side + 1.2, side), layout="constrained") as (fig, ax):
         im = _heatmap(ax, frac, 0.0, 1.0)
         fig.colorbar(im, ax=ax, label="fraction of the true class", shrink=0.8)
         ax.set_xticks(range(k), names, rotation=90, fontsize=fs)
@@ -117,24 +151,9 @@ def plot_confusion(cm: Any, class_names: Sequence[Any], path: str | os.PathLike[
         total = int(round(float(counts.sum())))
         ax.set_title(f"Confusion matrix ({total} samples, rows normalized)")
         if k <= 12:
-            for r in range(k):
-                for c in range(k):
-                    value = counts[r, c]
-                    if value:
-                        dark = np.isfinite(frac[r, c]) and frac[r, c] < 0.5
-                        ax.text(
-                            c,
-                            r,
-                            f"{value:g}",
-                            ha="center",
-                            va="center",
-                            fontsize=fs,
-                            color="white" if dark else "black",
-                        )
-    except BaseException:
-        plt.close(fig)
-        raise
-    return _draw_and_save(fig, path)
+            texts = [[f"{v:g}" if v else "" for v in row] for row in counts]
+            _write_cells(ax, texts, np.nan_to_num(frac, nan=1.0) < 0.5, fs)
+    return Path(path)
 
 
 def plot_usage_heatmap(
@@ -153,8 +172,7 @@ def plot_usage_heatmap(
 
     width = _clip(3.5 + 0.45 * n, 5.0, 14.0) + _label_inches(names, _tick_fontsize(k))
     height = _clip(1.8 + 0.22 * k, 3.5, 18.0)
-    fig, ax = plt.subplots(figsize=(width, height), dpi=DPI, layout="constrained")
-    try:
+    with _figure(path, figsize=(width, height), layout="constrained") as (fig, ax):
         im = _heatmap(ax, values, 0.0, 1.0)
         fig.colorbar(im, ax=ax, label="fraction of the class's samples", shrink=0.8)
         ax.set_xticks(range(n), [f"n{i}" for i in range(n)], fontsize=_tick_fontsize(n))
@@ -163,24 +181,9 @@ def plot_usage_heatmap(
         ax.set_ylabel("class")
         ax.set_title(str(title))
         if k * n <= 160:
-            fs = _tick_fontsize(max(k, n))
-            for r in range(k):
-                for c in range(n):
-                    v = values[r, c]
-                    if np.isfinite(v):
-                        ax.text(
-                            c,
-                            r,
-                            f"{v:.2f}",
-                            ha="center",
-                            va="center",
-                            fontsize=fs,
-                            color="white" if v < 0.5 else "black",
-                        )
-    except BaseException:
-        plt.close(fig)
-        raise
-    return _draw_and_save(fig, path)
+            texts = [[f"{v:.2f}" if np.isfinite(v) else "" for v in row] for row in values]
+            _write_cells(ax, texts, np.nan_to_num(values, nan=1.0) < 0.5, _tick_fontsize(max(k, n)))
+    return Path(path)
 
 
 TITLES = {"loss": "Losses", "accuracy": "Accuracy", "other": "Other metrics", "lr": "Learning rate"}
@@ -231,10 +234,8 @@ def plot_learning_curves(history: Sequence[Mapping[str, Any]], path: str | os.Pa
     for name in sorted(series):
         panels.setdefault(_panel_of(name), []).append(name)
     order = [p for p in ("loss", "accuracy", "other", "lr") if p in panels]
-    fig, axes = plt.subplots(
-        1, len(order), figsize=(4.8 * len(order), 3.8), dpi=DPI, layout="constrained", squeeze=False
-    )
-    try:
+    size = (4.8 * len(order), 3.8)
+    with _figure(path, 1, len(order), figsize=size, layout="constrained", squeeze=False) as (_, axes):
         for ax, panel in zip(axes[0], order, strict=True):
             for name in panels[panel]:
                 points = sorted(series[name])
@@ -247,10 +248,7 @@ def plot_learning_curves(history: Sequence[Mapping[str, Any]], path: str | os.Pa
             ax.set_title(TITLES[panel])
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=7, loc="best")
-    except BaseException:
-        plt.close(fig)
-        raise
-    return _draw_and_save(fig, path)
+    return Path(path)
 
 
 def plot_bar_ci(
@@ -282,8 +280,7 @@ def plot_bar_ci(
         raise PlotError(f"bar {labels[i]!r}: expected low <= mean <= high, got {lo[i]} / {m[i]} / {hi[i]}")
 
     width = _clip(2.0 + 0.7 * count, 5.0, 16.0)
-    fig, ax = plt.subplots(figsize=(width, 4.5), dpi=DPI, layout="constrained")
-    try:
+    with _figure(path, figsize=(width, 4.5), layout="constrained") as (_, ax):
         xs = np.arange(count)
         ax.bar(
             xs,
@@ -316,7 +313,81 @@ def plot_bar_ci(
         ax.set_title(str(title))
         ax.grid(True, axis="y", alpha=0.3)
         ax.margins(y=0.12)
-    except BaseException:
-        plt.close(fig)
-        raise
-    return _draw_and_save(fig, path)
+    return Path(path)
+
+
+def plot_seed_curves(panels: Sequence[tuple[str, Mapping[str, Any]]], path: str | os.PathLike[str]) -> Path:
+    """Side-by-side panels of curves over epochs, one ``(label, {name: (epochs, means, sds)})`` per
+    panel: a line per name for the mean over seeds and a band of +- sd where the sd is defined. A
+    name keeps its colour across panels; an empty panel says so."""
+    if not panels:
+        raise PlotError("panels: nothing to draw")
+    names = list(dict.fromkeys(name for _, curves in panels for name in curves))
+    lines = {}
+    for label, curves in panels:
+        for name, curve in curves.items():
+            xs, ys, sd = (_to_numpy(list(c), f"{label} / {name}").astype(np.float64) for c in curve)
+            if not xs.shape == ys.shape == sd.shape or xs.ndim != 1:
+                raise PlotError(f"{label} / {name}: epochs, means and sds differ in length")
+            lines[label, name] = (xs, ys, sd)
+    colours = plt.get_cmap("tab10")
+    size = (5.5 * len(panels), 4.2)
+    with _figure(path, 1, len(panels), figsize=size, layout="constrained", squeeze=False) as (_, axes):
+        for ax, (label, curves) in zip(axes[0], panels, strict=True):
+            for name in curves:
+                xs, ys, sd = lines[label, name]
+                colour = colours(names.index(name) % 10)
+                ax.plot(xs, ys, marker="o", markersize=3, color=colour, label=_short(name))
+                band = np.isfinite(sd)
+                if band.any():
+                    ax.fill_between(
+                        xs[band], (ys - sd)[band], (ys + sd)[band], color=colour, alpha=0.12, lw=0
+                    )
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylabel(label)
+            ax.set_title(f"{label}: mean over seeds (band: ± sd)")
+            ax.grid(True, alpha=0.3)
+            if curves:
+                ax.legend(fontsize=7, loc="best")
+            else:
+                ax.text(0.5, 0.5, f"no {label} recorded", ha="center", va="center", transform=ax.transAxes)
+    return Path(path)
+
+
+def plot_layer_heatmaps(
+    rows: Sequence[Any],
+    panels: Sequence[tuple[str, Any, tuple[float, float], str]],
+    path: str | os.PathLike[str],
+    title: str,
+    empty: str = "nothing to draw",
+) -> Path:
+    """Side-by-side row x layer heatmaps, one ``(title, values, (vmin, vmax), colormap)`` per panel,
+    each value written in its cell (NaN: grey, "n/a"). With no rows the figure says ``empty``."""
+    if not panels:
+        raise PlotError("panels: nothing to draw")
+    names = [_short(r) for r in rows]
+    grids = [_to_numpy(values, t).astype(np.float64) for t, values, _, _ in panels]
+    layers = grids[0].shape[-1]
+    for (t, _, _, _), grid in zip(panels, grids, strict=True):
+        if grid.shape != (len(names), layers):
+            raise PlotError(f"{t}: expected a ({len(names)}, layers) matrix, got shape {tuple(grid.shape)}")
+    if not names:
+        with _figure(path, figsize=(6, 2.5)) as (_, ax):
+            ax.axis("off")
+            ax.text(0.5, 0.5, empty, ha="center", va="center")
+        return Path(path)
+    size = ((2.6 + 0.7 * layers) * len(panels), 1.6 + 0.45 * len(names))
+    with _figure(path, 1, len(panels), figsize=size, layout="constrained", squeeze=False) as (fig, axes):
+        for ax, (panel_title, _, (vmin, vmax), cmap), grid in zip(axes[0], panels, grids, strict=True):
+            im = _heatmap(ax, grid, vmin, vmax, cmap)
+            shade = (grid - vmin) / (vmax - vmin)
+            dark = shade < 0.5 if cmap == "viridis" else np.abs(shade - 0.5) > 0.3  # NaN is never dark
+            texts = [[f"{v:.2f}" if np.isfinite(v) else "n/a" for v in row] for row in grid]
+            _write_cells(ax, texts, dark, 7)
+            ax.set_xticks(range(layers), [f"layer {j}" for j in range(layers)], fontsize=8)
+            ax.set_yticks(range(len(names)), names, fontsize=8)
+            ax.set_title(panel_title, fontsize=9)
+            fig.colorbar(im, ax=ax, shrink=0.8)
+        fig.suptitle(title, fontsize=10)
+    return Path(path)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import dsts.plots as plots
-from dsts.metrics import MetricsError, class_neuron_usage, confusion_matrix
+from dsts.metrics import class_neuron_usage, confusion_matrix
 
 plt = plots.plt
 LONG = "Back 15som 15twis FREE with a very long qualifier"
@@ -113,6 +113,33 @@ def test_bar_ci_png(tmp_path):
     only_file(tmp_path, "bars.png")
 
 
+def test_seed_curves_png(tmp_path):
+    epochs = [1, 2, 3]
+    top1 = {
+        "static": (epochs, [10.0, 20.0, 30.0], [1.0, 2.0, 3.0]),
+        "dsts": (epochs, [12.0, 25.0, 33.0], [np.nan] * 3),
+    }
+    loss = {"dsts": (epochs, [2.0, 1.5, 1.2], [0.1, 0.1, 0.1])}
+    out = plots.plot_seed_curves([("test top-1 (%)", top1), ("train loss", loss)], tmp_path / "curves.png")
+    assert read_png(out).shape[:2] == (420, 2 * 550)
+    empty = plots.plot_seed_curves([("test top-1 (%)", top1), ("train loss", {})], tmp_path / "empty.png")
+    assert read_png(empty).shape[:2] == (420, 2 * 550)  # the empty panel says so
+    assert sorted(os.listdir(tmp_path)) == ["curves.png", "empty.png"]
+
+
+def test_layer_heatmaps_png(tmp_path):
+    rows = ["static", "dsts", LONG]
+    grid = np.array([[0.6, 0.7], [np.nan, np.nan], [0.5, 0.2]])
+    panels = [("fraction", grid, (0.0, 1.0), "viridis"), ("gap", grid - 0.5, (-0.5, 0.5), "RdBu_r")]
+    out = plots.plot_layer_heatmaps(rows, panels, tmp_path / "h.png", "title")
+    h, w = read_png(out).shape[:2]
+    assert (h, w) == (100 * (1.6 + 0.45 * 3), 2 * 100 * (2.6 + 0.7 * 2))
+    none = plots.plot_layer_heatmaps(
+        [], [("fraction", np.empty((0, 0)), (0, 1), "viridis")], tmp_path / "n.png", "t"
+    )
+    assert read_png(none).shape[:2] == (250, 600)
+
+
 def test_overwrites_atomically(tmp_path):
     target = tmp_path / "cm.png"
     plots.plot_confusion(make_cm(3), ["a", "b", "c"], target)
@@ -143,12 +170,24 @@ def test_overwrites_atomically(tmp_path):
             "means: expected 2 values",
         ),
         (lambda p: plots.plot_bar_ci([], [], [], [], p, "y", "t"), "names: no bars"),
+        (lambda p: plots.plot_seed_curves([], p), "panels: nothing to draw"),
+        (
+            lambda p: plots.plot_seed_curves([("loss", {"a": ([1, 2], [1.0], [0.1])})], p),
+            "loss / a: epochs, means",
+        ),
+        (lambda p: plots.plot_layer_heatmaps(["a"], [], p, "t"), "panels: nothing to draw"),
+        (
+            lambda p: plots.plot_layer_heatmaps(
+                ["a", "b"], [("gap", np.zeros((3, 2)), (0, 1), "viridis")], p, "t"
+            ),
+            "gap: expected a (2, layers) matrix",
+        ),
     ],
 )
 def test_bad_input_writes_nothing_and_keeps_the_old_file(tmp_path, call, message):
     target = tmp_path / "fig.png"
     target.write_bytes(b"old")
-    with pytest.raises(MetricsError) as info:
+    with pytest.raises(plots.PlotError) as info:
         call(target)
     assert message in str(info.value) and "\n" not in str(info.value)
     assert target.read_bytes() == b"old"

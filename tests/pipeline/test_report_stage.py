@@ -1,12 +1,14 @@
 """``python -m pipeline.report`` end to end on fake run folders: every output, a summary that equals
-an independent recomputation and does not change on a rerun, and one error line (exit 2, nothing
-written) for a missing metrics file."""
+an independent recomputation and does not change on a rerun, cost columns from the run files, and
+one error line (exit 2, nothing written) for a missing or malformed run file."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,13 +17,13 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.test_report import write_fake_runs
+from tests.report.fakes import FLOPS, write_fake_runs
 
 ROOT = Path(__file__).resolve().parents[2]
 VARIANTS = ["baseline", "static", "dsts_udl"]
 SEEDS = [0, 1, 2]
 T975_DF2 = 4.302652729749464  # exact: 0.95 / sqrt(2 * 0.975 * 0.025)
-T80_DF2 = 1.0606601717798212  # exact: 0.6 / sqrt(0.32)
+MDD_N3 = 3.2640435498  # MDD / sd(d) at n = 3: exact noncentral-t power 0.8 (R power.t.test: 3.26)
 OUTPUTS = {
     "ablation.csv",
     "ablation.md",
@@ -67,7 +69,6 @@ def args_for(ws: Path, out: str = "reports") -> list[str]:
         str(ws / out),
         "--params",
         str(ws / "params.yaml"),
-        "--no-cost",
     ]
 
 
@@ -92,7 +93,7 @@ def expected_summary(fake: dict) -> dict[str, float]:
             key = f"{v}_vs_{ref}/top1"
             out[f"{key}_diff"] = d.mean()
             out[f"{key}_p_value"] = 1 - abs(t) / math.sqrt(2 + t * t)  # two-sided, df = 2
-            out[f"{key}_mdd"] = (T975_DF2 + T80_DF2) * d.std(ddof=1) / math.sqrt(3)
+            out[f"{key}_mdd"] = MDD_N3 * d.std(ddof=1)
             out[f"{key}_n_pairs"] = 3
     gaps = np.array(
         [
@@ -104,19 +105,24 @@ def expected_summary(fake: dict) -> dict[str, float]:
     out["dsts_udl/cue_gap_mean"] = gaps.mean()
     out["dsts_udl/cue_gap_p_value"] = 1 - abs(t) / math.sqrt(2 + t * t)
     out["baseline/num_parameters"] = 145180.0
+    out["static/flops_per_clip"] = FLOPS["static"]
     return out
 
 
 def test_help():
     res = run_report("--help")
     assert res.returncode == 0
-    assert "--no-cost" in res.stdout and "--runs" in res.stdout and "summary.json" in res.stdout
+    assert "--runs" in res.stdout and "summary.json" in res.stdout
+    assert (
+        "--no-cost" not in res.stdout and "--latency-repeats" not in res.stdout
+    )  # cost comes from the files
 
 
 def test_report_end_to_end(workspace):
     ws, fake = workspace
     res = run_report(*args_for(ws))
     assert res.returncode == 0, res.stderr
+    assert res.stdout.count("\n") == 1 and res.stdout.startswith("report: 3 variants x 3 seeds")
     out = ws / "reports"
     assert {p.name for p in out.iterdir()} == OUTPUTS
     assert [p.name for p in ws.iterdir() if p.name.startswith(".")] == []  # no staging folder left
@@ -131,7 +137,11 @@ def test_report_end_to_end(workspace):
 
     text = (out / "ablation.md").read_text()
     for v in VARIANTS:
-        assert f"| {v} |" in text
+        assert re.search(rf"^\| {v} +\|", text, re.MULTILINE), v
+    assert re.search(r"^\| static +\| 0.26 M +\| 0.250 +\| 4.0 +\| 12.5 +\|", text, re.MULTILINE)  # cost
+    with open(out / "ablation.csv", newline="") as handle:
+        table = {r["variant"]: r for r in csv.DictReader(handle)}
+    assert float(table["static"]["latency_ms"]) == 4.0 and float(table["static"]["flops_per_clip"]) == 2.5e8
     p = summary["dsts_udl_vs_static/top1_p_value"]
     verdict = "significant at α=0.05" if p < 0.05 else "no significant difference at α=0.05"
     assert f"dsts_udl vs static: {100 * summary['dsts_udl_vs_static/top1_diff']:+.1f} points top-1" in text
@@ -154,6 +164,16 @@ def test_missing_metrics_file_is_one_line_and_writes_nothing(workspace):
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(missing) in lines[0]
     assert not (ws / "reports").exists()
     assert sorted(p.name for p in ws.iterdir()) == ["ablations", "params.yaml", "runs"]
+
+
+def test_malformed_cost_file_is_one_line_and_writes_nothing(workspace):
+    ws, _ = workspace
+    bad = ws / "runs" / "dsts_udl" / "seed2" / "cost.json"
+    bad.write_text('{"latency_ms": "slow"}')
+    res = run_report(*args_for(ws))
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and str(bad) in res.stderr
+    assert not (ws / "reports").exists()
 
 
 def test_bad_params_list_is_one_line(workspace):

@@ -1,0 +1,106 @@
+"""What the report reads: the study in the params file and the files of every (variant, seed) run.
+
+Every run file is read with the readers of ``dsts/runs.py``; a missing or malformed one stops the
+report with one line naming it. ``timing.json`` (train stage) and ``cost.json`` (evaluate stage)
+are optional: a run without them still reports, with "n/a" in the cost table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dsts.config import ConfigError, load_config, read_yaml
+from dsts.errors import DSTSError
+from dsts.runs import read_history, read_metrics, run_folder
+
+__all__ = ["REQUIRED", "ReportError", "Run", "load_runs", "read_settings", "read_study"]
+
+REQUIRED = ("test/top1", "test/mean_class_accuracy")
+COST_FILE = "cost.json"  # beside metrics.json: the latency, a timing, kept out of metrics.json
+
+
+class ReportError(DSTSError):
+    """Input the report cannot use; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """The files of one (variant, seed) run, read."""
+
+    variant: str
+    seed: int
+    folder: Path
+    metrics: dict[str, float]
+    history: list[dict[str, float]]
+    timing: dict[str, float]
+    cost: dict[str, float]
+
+
+def read_study(params: str | Path) -> tuple[list[str], list[int]]:
+    """``variants`` and ``seeds`` of the params file: non-empty lists without repeats."""
+    tree = read_yaml(params)
+    variants, seeds = tree.get("variants"), tree.get("seeds")
+    if not isinstance(variants, list) or not variants or not all(isinstance(v, str) for v in variants):
+        raise ConfigError(
+            f"variants: expected a non-empty list of variant names in {params}, got {variants!r}"
+        )
+    if len(set(variants)) != len(variants):
+        raise ConfigError(f"variants: a name is listed twice in {params}")
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+    ):
+        raise ConfigError(
+            f"seeds: expected a non-empty list of non-negative integers in {params}, got {seeds!r}"
+        )
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds: a seed is listed twice in {params}")
+    return variants, seeds
+
+
+def read_settings(params: str | Path, variants: Sequence[str], seed: int) -> dict[str, dict[str, Any]]:
+    """The few settings that tell the variants apart, from each variant's resolved config."""
+    out = {}
+    for variant in variants:
+        cfg = load_config(params, variant=variant, seed=seed)
+        out[variant] = {
+            "dsts": bool(cfg.model.dsts.enabled),
+            "num_neurons": cfg.model.dsts.num_neurons,
+            "specialization": cfg.model.dsts.specialization,
+            "udl": cfg.udl.method if cfg.udl.enabled else "no",
+            "updates_per_step": cfg.train.updates_per_step,
+        }
+    return out
+
+
+def _optional(path: Path) -> dict[str, float]:
+    return read_metrics(path) if path.is_file() else {}
+
+
+def load_runs(runs_dir: str | Path, variants: Sequence[str], seeds: Sequence[int]) -> list[Run]:
+    """Every (variant, seed)'s files, variant by variant; the first missing or malformed required
+    file (``metrics.json``, ``history.csv``) is a :class:`dsts.runs.RunFileError`."""
+    if not variants:
+        raise ReportError("variants: the list of variants is empty")
+    if not seeds:
+        raise ReportError("seeds: the list of seeds is empty")
+    runs = []
+    for variant in variants:
+        for seed in seeds:
+            files = run_folder(variant, seed, runs_dir)
+            runs.append(
+                Run(
+                    variant=variant,
+                    seed=int(seed),
+                    folder=files.path,
+                    metrics=read_metrics(files.metrics, REQUIRED),
+                    history=read_history(files.history),
+                    timing=_optional(files.timing),
+                    cost=_optional(files.path / COST_FILE),
+                )
+            )
+    return runs
