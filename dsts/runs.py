@@ -51,6 +51,11 @@ class RunFolder:
         return self.path / "timing.json"
 
     @property
+    def cost(self) -> Path:
+        """The evaluation latency: a timing, so it stays out of ``metrics.json``."""
+        return self.path / "cost.json"
+
+    @property
     def plots(self) -> Path:
         return self.path / "plots"
 

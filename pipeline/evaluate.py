@@ -1,9 +1,10 @@
-"""Stage ``evaluate``: test one trained (variant, seed) and write its metrics and plots.
+"""Stage ``evaluate``: test one trained (variant, seed) and write its metrics, cost and plots.
 
-Reads ``runs/<variant>/seed<S>/model.pt``; writes ``metrics.json`` (flat numbers, no timings, so
-that it is byte-identical run after run), ``per_class.csv``, and ``plots/``: ``confusion.png`` and
-one ``usage_layer<j>.png`` (class x neuron) per DSTS layer, and logs them to the MLflow run that
-trained the model.
+Reads ``runs/<variant>/seed<S>/model.pt``; writes ``metrics.json`` (flat numbers: accuracy,
+routing statistics, parameters and FLOPs per clip; no timings, so that it is byte-identical run
+after run), ``cost.json`` (the CPU latency per clip, a timing), ``per_class.csv``, and ``plots/``:
+``confusion.png`` and one ``usage_layer<j>.png`` (class x neuron) per DSTS layer, and logs them to
+the MLflow run that trained the model.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from pathlib import Path
 
 from dsts import metrics as M
 from dsts.checkpoint import load_model
+from dsts.cost import count_flops, cpu_latency_ms
 from dsts.data import build_dataset, build_loader
 from dsts.engine import evaluation_metrics, predict, resolve_device
+from dsts.files import write_json
 from dsts.plots import plot_confusion, plot_usage_heatmap
 from dsts.runs import RunFolder, run_folder, write_metrics, write_per_class
 from dsts.tracking import Tracker
@@ -42,6 +45,10 @@ def main() -> int:
     last = saved["history"][-1] if saved["history"] else {}
     metrics.update({k: v for k, v in last.items() if k.startswith("train/")})
     metrics["num_parameters"] = float(sum(p.numel() for p in model.parameters()))
+    clip = (1, 3, cfg.data.num_frames, cfg.data.crop, cfg.data.crop)
+    metrics["flops_per_clip"] = float(count_flops(model.cpu(), clip))
+    write_json(out.cost, {"latency_ms": cpu_latency_ms(model, clip)})
+    model.to(device)
 
     names = list(saved["class_names"])
     preds = pred.scores.argmax(-1)
@@ -69,6 +76,7 @@ def main() -> int:
         with tracker.run(saved["run_id"] or None) as t:
             t.log_metrics(metrics, step=cfg.train.epochs)
             t.log_artifact(out.metrics)
+            t.log_artifact(out.cost)
             t.log_artifact(out.per_class)
             for name in plots:
                 t.log_artifact(out.plots / name, "plots")

@@ -19,7 +19,6 @@ from dsts.runs import read_history, read_metrics, run_folder
 __all__ = ["REQUIRED", "ReportError", "Run", "load_runs", "read_settings", "read_study"]
 
 REQUIRED = ("test/top1", "test/mean_class_accuracy")
-COST_FILE = "cost.json"  # beside metrics.json: the latency, a timing, kept out of metrics.json
 
 
 class ReportError(DSTSError):
@@ -100,7 +99,7 @@ def load_runs(runs_dir: str | Path, variants: Sequence[str], seeds: Sequence[int
                     metrics=read_metrics(files.metrics, REQUIRED),
                     history=read_history(files.history),
                     timing=_optional(files.timing),
-                    cost=_optional(files.path / COST_FILE),
+                    cost=_optional(files.cost),
                 )
             )
     return runs
