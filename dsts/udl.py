@@ -221,7 +221,8 @@ class _Runner:
         fixed = _fixed(model, upstream, downstream, scope)
         self.inner = [n for n in downstream if n not in fixed]
         inside = set() if self.backbone is None else {id(p) for p in self.backbone.parameters()}
-        self.backbone_names = {n for n in self.inner if id(downstream[n]) in inside}
+        # in the model's order: a set's order would change with the string hash seed of each process
+        self.backbone_names = [n for n in self.inner if id(downstream[n]) in inside]
         if shared is not None and self.backbone is None:
             raise ValueError("UDL: shared backbone features need a model.backbone without DSTS layers")
         self.shared = shared
