@@ -27,7 +27,7 @@ first_order        step 1 F + B, step 2 F + Bd, step 3:               Fb + step 
                    2 (F + B) + F + Bd - Fb                            step 3: (F + B) + Fb + 2 (Fd + Bd)
 =================  ================================================  ==========================================
 
-``tests/test_udl.py::test_backbone_passes_per_method_and_scope`` checks the backbone part of these
+``tests/test_metagrad.py::test_backbone_passes_per_method_and_scope`` checks the backbone part of these
 counts. Run ``python -m pytest tests/benchmarks/test_bench_udl.py --benchmark-only`` for the timings;
 ``python tests/benchmarks/test_bench_udl.py`` prints the ratios to the plain step measured
 interleaved (the machine is shared, so alternating the two is fairer than timing them apart) and
