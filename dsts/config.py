@@ -14,6 +14,7 @@ import hashlib
 import json
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -272,93 +273,58 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+# Values that have the right type but cannot work: (dotted key, test, what it must be).
+RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("model.dsts.num_layers", lambda v: v >= 1, ">= 1"),
+    ("model.dsts.num_neurons", lambda v: v >= 1, ">= 1"),
+    ("model.dsts.channels", lambda v: v >= 1, ">= 1"),
+    ("model.dsts.tau", lambda v: v > 0, "> 0"),
+    ("model.dsts.gate_noise_std", lambda v: v >= 0, ">= 0"),
+    ("model.dsts.p_hard", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("model.dsts.score_init_std", lambda v: v >= 0, ">= 0"),
+    ("model.dsts.hard_warmup_epochs", lambda v: v >= 0, ">= 0"),
+    ("model.dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("train.epochs", lambda v: v >= 1, ">= 1"),
+    ("train.batch_size", lambda v: v >= 1, ">= 1"),
+    ("train.lr", lambda v: v > 0, "> 0"),
+    ("train.upstream_lr", lambda v: v > 0, "> 0"),
+    ("train.momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("train.weight_decay", lambda v: v >= 0, ">= 0"),
+    ("train.warmup_epochs", lambda v: v >= 0, ">= 0"),
+    ("train.step_size", lambda v: v >= 1, ">= 1"),
+    ("train.gamma", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("train.grad_clip", lambda v: v >= 0, ">= 0"),
+    ("train.updates_per_step", lambda v: v >= 1, ">= 1"),
+    ("train.seed", lambda v: v >= 0, ">= 0"),
+    ("train.device", lambda v: v in ("auto", "cpu") or v.startswith("cuda"), "auto, cpu or cuda[:N]"),
+    ("udl.inner_lr", lambda v: v >= 0, ">= 0"),
+    ("udl.fd_eps", lambda v: v > 0, "> 0"),
+    ("data.num_classes", lambda v: v >= 0, ">= 0"),
+    ("data.num_frames", lambda v: v >= 1, ">= 1"),
+    ("data.dense_stride", lambda v: v >= 1, ">= 1"),
+    ("data.resize", lambda v: v >= 1, ">= 1"),
+    ("data.test_clips", lambda v: v >= 1, ">= 1"),
+    ("data.test_crops", lambda v: v in (1, 3), "1 or 3"),
+    ("data.num_workers", lambda v: v >= 0, ">= 0"),
+    ("data.generate.clips_per_class_train", lambda v: v >= 1, ">= 1"),
+    ("data.generate.clips_per_class_test", lambda v: v >= 1, ">= 1"),
+    ("data.generate.classes", lambda v: 2 <= v <= 16 and v % 2 == 0, "even and in [2, 16]"),
+    ("data.generate.frames", lambda v: v >= 8, ">= 8"),
+    ("data.generate.size", lambda v: v >= 16 and v % 2 == 0, "even and >= 16"),
+    ("data.generate.seed", lambda v: v >= 0, ">= 0"),
+    ("eval.batch_size", lambda v: v >= 1, ">= 1"),
+    ("eval.top_k", lambda v: v >= 1, ">= 1"),
+)
+
+
 def _check(cfg: Config) -> None:
-    """Values that have the right type but cannot work."""
-    rules: list[tuple[str, Any, bool, str]] = [
-        ("model.dsts.num_layers", cfg.model.dsts.num_layers, cfg.model.dsts.num_layers >= 1, ">= 1"),
-        ("model.dsts.num_neurons", cfg.model.dsts.num_neurons, cfg.model.dsts.num_neurons >= 1, ">= 1"),
-        ("model.dsts.channels", cfg.model.dsts.channels, cfg.model.dsts.channels >= 1, ">= 1"),
-        ("model.dsts.tau", cfg.model.dsts.tau, cfg.model.dsts.tau > 0, "> 0"),
-        (
-            "model.dsts.gate_noise_std",
-            cfg.model.dsts.gate_noise_std,
-            cfg.model.dsts.gate_noise_std >= 0,
-            ">= 0",
-        ),
-        ("model.dsts.p_hard", cfg.model.dsts.p_hard, 0 <= cfg.model.dsts.p_hard <= 1, "in [0, 1]"),
-        (
-            "model.dsts.score_init_std",
-            cfg.model.dsts.score_init_std,
-            cfg.model.dsts.score_init_std >= 0,
-            ">= 0",
-        ),
-        (
-            "model.dsts.hard_warmup_epochs",
-            cfg.model.dsts.hard_warmup_epochs,
-            cfg.model.dsts.hard_warmup_epochs >= 0,
-            ">= 0",
-        ),
-        ("model.dropout", cfg.model.dropout, 0 <= cfg.model.dropout < 1, "in [0, 1)"),
-        ("train.epochs", cfg.train.epochs, cfg.train.epochs >= 1, ">= 1"),
-        ("train.batch_size", cfg.train.batch_size, cfg.train.batch_size >= 1, ">= 1"),
-        ("train.lr", cfg.train.lr, cfg.train.lr > 0, "> 0"),
-        ("train.upstream_lr", cfg.train.upstream_lr, cfg.train.upstream_lr > 0, "> 0"),
-        ("train.momentum", cfg.train.momentum, 0 <= cfg.train.momentum < 1, "in [0, 1)"),
-        ("train.weight_decay", cfg.train.weight_decay, cfg.train.weight_decay >= 0, ">= 0"),
-        ("train.warmup_epochs", cfg.train.warmup_epochs, cfg.train.warmup_epochs >= 0, ">= 0"),
-        ("train.step_size", cfg.train.step_size, cfg.train.step_size >= 1, ">= 1"),
-        ("train.gamma", cfg.train.gamma, 0 < cfg.train.gamma <= 1, "in (0, 1]"),
-        ("train.grad_clip", cfg.train.grad_clip, cfg.train.grad_clip >= 0, ">= 0"),
-        ("train.updates_per_step", cfg.train.updates_per_step, cfg.train.updates_per_step >= 1, ">= 1"),
-        ("train.seed", cfg.train.seed, cfg.train.seed >= 0, ">= 0"),
-        (
-            "train.device",
-            cfg.train.device,
-            cfg.train.device in ("auto", "cpu") or cfg.train.device.startswith("cuda"),
-            "auto, cpu or cuda[:N]",
-        ),
-        ("udl.inner_lr", cfg.udl.inner_lr, cfg.udl.inner_lr >= 0, ">= 0"),
-        ("udl.fd_eps", cfg.udl.fd_eps, cfg.udl.fd_eps > 0, "> 0"),
-        ("data.num_classes", cfg.data.num_classes, cfg.data.num_classes >= 0, ">= 0"),
-        ("data.num_frames", cfg.data.num_frames, cfg.data.num_frames >= 1, ">= 1"),
-        ("data.dense_stride", cfg.data.dense_stride, cfg.data.dense_stride >= 1, ">= 1"),
-        ("data.resize", cfg.data.resize, cfg.data.resize >= 1, ">= 1"),
-        ("data.crop", cfg.data.crop, 1 <= cfg.data.crop <= cfg.data.resize, "in [1, data.resize]"),
-        ("data.test_clips", cfg.data.test_clips, cfg.data.test_clips >= 1, ">= 1"),
-        ("data.test_crops", cfg.data.test_crops, cfg.data.test_crops in (1, 3), "1 or 3"),
-        ("data.num_workers", cfg.data.num_workers, cfg.data.num_workers >= 0, ">= 0"),
-        (
-            "data.generate.clips_per_class_train",
-            cfg.data.generate.clips_per_class_train,
-            cfg.data.generate.clips_per_class_train >= 1,
-            ">= 1",
-        ),
-        (
-            "data.generate.clips_per_class_test",
-            cfg.data.generate.clips_per_class_test,
-            cfg.data.generate.clips_per_class_test >= 1,
-            ">= 1",
-        ),
-        (
-            "data.generate.classes",
-            cfg.data.generate.classes,
-            2 <= cfg.data.generate.classes <= 16 and cfg.data.generate.classes % 2 == 0,
-            "even and in [2, 16]",
-        ),
-        ("data.generate.frames", cfg.data.generate.frames, cfg.data.generate.frames >= 8, ">= 8"),
-        (
-            "data.generate.size",
-            cfg.data.generate.size,
-            cfg.data.generate.size >= 16 and cfg.data.generate.size % 2 == 0,
-            "even and >= 16",
-        ),
-        ("data.generate.seed", cfg.data.generate.seed, cfg.data.generate.seed >= 0, ">= 0"),
-        ("eval.batch_size", cfg.eval.batch_size, cfg.eval.batch_size >= 1, ">= 1"),
-        ("eval.top_k", cfg.eval.top_k, cfg.eval.top_k >= 1, ">= 1"),
-    ]
-    for key, value, ok, want in rules:
-        if not ok:
-            raise ConfigError(f"{key}: {value!r} is impossible (must be {want})")
+    """Apply :data:`RULES`, then the rules that relate two keys."""
+    flat = cfg.flat()
+    for key, ok, want in RULES:
+        if not ok(flat[key]):
+            raise ConfigError(f"{key}: {flat[key]!r} is impossible (must be {want})")
+    if not 1 <= cfg.data.crop <= cfg.data.resize:
+        raise ConfigError(f"data.crop: {cfg.data.crop!r} is impossible (must be in [1, data.resize])")
     if cfg.udl.enabled and not cfg.model.dsts.enabled:
         raise ConfigError("udl.enabled: true needs model.dsts.enabled: true (UDL trains DSTS decisions)")
 

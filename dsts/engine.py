@@ -31,7 +31,7 @@ from dsts.checkpoint import FORMAT, atomic_save, load_checkpoint, rng_state, set
 from dsts.config import Config
 from dsts.data import build_dataset, build_loader
 from dsts.data.sampling import SeededSampler
-from dsts.distributed import all_reduce_grads
+from dsts.distributed import all_reduce_grads, all_reduce_mean
 from dsts.errors import DSTSError
 from dsts.model import build_model
 from dsts.module import p_hard_schedule
@@ -322,6 +322,7 @@ class Trainer:
                 fd_eps=cfg.udl.fd_eps,
                 scope=cfg.udl.scope,
                 grad_clip=cfg.train.grad_clip,
+                reduce=all_reduce_mean if self.world_size > 1 else None,
             )
         start_epoch, history = self._resume(model, optimizers, schedulers)
 

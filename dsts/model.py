@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+
 from torch import Tensor, nn
 
 from dsts.backbones import BACKBONE_CHANNELS, build_backbone
 from dsts.config import Config, ConfigError
 from dsts.module import DSTS
+
+# model.dsts settings that are DSTS's own arguments (the others, like enabled, are the trainer's)
+DSTS_ARGUMENTS = frozenset(inspect.signature(DSTS).parameters)
 
 
 class DSTSNet(nn.Module):
@@ -53,16 +59,5 @@ def build_model(config: Config, num_classes: int | None = None) -> DSTSNet:
                 f"model.dsts.channels: {d.channels} does not match backbone {m.backbone}'s {width} output "
                 f"channels (set model.dsts.channels: {width})"
             )
-        dsts = DSTS(
-            channels=d.channels,
-            num_layers=d.num_layers,
-            num_neurons=d.num_neurons,
-            specialization=d.specialization,
-            routing=d.routing,
-            tau=d.tau,
-            gate_noise_std=d.gate_noise_std,
-            gate_noise=d.gate_noise,
-            p_hard=d.p_hard,
-            score_init_std=d.score_init_std,
-        )
+        dsts = DSTS(**{k: v for k, v in dataclasses.asdict(d).items() if k in DSTS_ARGUMENTS})
     return DSTSNet(backbone, dsts, width, classes, m.dropout)

@@ -24,40 +24,29 @@ class RunFileError(DSTSError):
     """A run file that is missing or malformed; the message names the file."""
 
 
+class _File:
+    """A file of the run folder, by name: ``folder.metrics`` is ``folder.path / "metrics.json"``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, folder: RunFolder, owner: type) -> Path:
+        return folder.path / self.name
+
+
 @dataclass(frozen=True)
 class RunFolder:
     """The files of one run, by name."""
 
     path: Path
 
-    @property
-    def model(self) -> Path:
-        return self.path / "model.pt"
-
-    @property
-    def history(self) -> Path:
-        return self.path / "history.csv"
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / "metrics.json"
-
-    @property
-    def per_class(self) -> Path:
-        return self.path / "per_class.csv"
-
-    @property
-    def timing(self) -> Path:
-        return self.path / "timing.json"
-
-    @property
-    def cost(self) -> Path:
-        """The evaluation latency: a timing, so it stays out of ``metrics.json``."""
-        return self.path / "cost.json"
-
-    @property
-    def plots(self) -> Path:
-        return self.path / "plots"
+    model = _File("model.pt")
+    history = _File("history.csv")
+    metrics = _File("metrics.json")
+    per_class = _File("per_class.csv")
+    timing = _File("timing.json")
+    cost = _File("cost.json")  # the evaluation latency: a timing, so it stays out of metrics.json
+    plots = _File("plots")
 
     def checkpoint(self, config_hash: str) -> Path:
         return self.path / "checkpoints" / f"{config_hash}.pt"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from dsts.config import Config, load_config
 from dsts.errors import DSTSError
+from dsts.runs import RunFolder, run_folder
 
 EXIT_BAD_INPUT = 2
 
@@ -38,6 +39,17 @@ def config_from_args(args: argparse.Namespace) -> Config:
         seed=getattr(args, "seed", None),
         ablations_dir=Path(args.params).parent / "ablations",
     )
+
+
+def parse_run_stage(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, Config, RunFolder]:
+    """The arguments of a stage that works on one run folder (train, evaluate, predict): the config
+    options and ``--out``; returns the arguments, the config and the run folder."""
+    add_config_args(parser)
+    parser.add_argument("--out", default=None, help="run folder (default: runs/<variant>/seed<S>)")
+    args = parser.parse_args()
+    cfg = config_from_args(args)
+    folder = RunFolder(Path(args.out)) if args.out else run_folder(cfg.variant, cfg.train.seed)
+    return args, cfg, folder
 
 
 def run(main: Callable[[], int | None]) -> None:

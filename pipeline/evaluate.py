@@ -10,7 +10,6 @@ the MLflow run that trained the model.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from dsts import metrics as M
 from dsts.checkpoint import load_model
@@ -19,19 +18,15 @@ from dsts.data import build_dataset, build_loader
 from dsts.engine import evaluation_metrics, predict, resolve_device
 from dsts.files import write_json
 from dsts.plots import plot_confusion, plot_usage_heatmap
-from dsts.runs import RunFolder, run_folder, write_metrics, write_per_class
+from dsts.runs import write_metrics, write_per_class
 from dsts.tracking import Tracker
-from pipeline._cli import add_config_args, config_from_args, run
+from pipeline._cli import parse_run_stage, run
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__)
-    add_config_args(parser)
-    parser.add_argument("--out", default=None, help="run folder (default: runs/<variant>/seed<S>)")
-    args = parser.parse_args()
-    cfg = config_from_args(args)
+    _, cfg, out = parse_run_stage(parser)
 
-    out = RunFolder(Path(args.out)) if args.out else run_folder(cfg.variant, cfg.train.seed)
     device = resolve_device(cfg.train.device)
     model, saved = load_model(out.model, cfg, device)
     test_ds = build_dataset(cfg.data, "test", train=False, seed=cfg.train.seed)

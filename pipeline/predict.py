@@ -19,8 +19,7 @@ import torch
 from dsts.checkpoint import load_model
 from dsts.data.dataset import VideoDataset
 from dsts.engine import resolve_device
-from dsts.runs import RunFolder, run_folder
-from pipeline._cli import add_config_args, config_from_args, run
+from pipeline._cli import parse_run_stage, run
 
 
 def main() -> int:
@@ -30,13 +29,8 @@ def main() -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("video", help="an mp4 (or any file PyAV decodes)")
-    add_config_args(parser)
-    parser.add_argument("--out", default=None, help="run folder (default: runs/<variant>/seed<S>)")
     parser.add_argument("--top", type=int, default=5, help="how many classes to print (default 5)")
-    args = parser.parse_args()
-    cfg = config_from_args(args)
-
-    out = RunFolder(Path(args.out)) if args.out else run_folder(cfg.variant, cfg.train.seed)
+    args, cfg, out = parse_run_stage(parser)
     device = resolve_device(cfg.train.device)
     model, saved = load_model(out.model, cfg, device)
     names = list(saved["class_names"])
@@ -49,21 +43,13 @@ def main() -> int:
         }
     )
     table["end_frame"] = pd.array([pd.NA], dtype="Int64")
-    d = cfg.data
     clip, _ = VideoDataset(
         table,
+        cfg.data,
+        train=False,
         num_classes=len(names),
         class_names=names,
         class_cues=[None] * len(names),
-        num_frames=d.num_frames,
-        train=False,
-        sampling=d.sampling,
-        dense_stride=d.dense_stride,
-        resize=d.resize,
-        crop=d.crop,
-        flip=False,
-        test_clips=d.test_clips,
-        test_crops=d.test_crops,
     )[0]
     with torch.no_grad():
         probs = model(clip.to(device)).float().softmax(-1).mean(0)

@@ -14,6 +14,7 @@ nothing is written unless ``--out`` asks for the generated benchmark.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from dsts.data import contact_sheet, read_diving48, read_finegym
@@ -45,17 +46,9 @@ def main() -> int:
         return 0
 
     target = Path(args.out or cfg.data.root).resolve()
-    gen = cfg.data.generate
     with staged_folder(target, replace=True) as staging:
         summary = generate_benchmark(
-            staging,
-            classes=gen.classes,
-            clips_per_class_train=gen.clips_per_class_train,
-            clips_per_class_test=gen.clips_per_class_test,
-            frames=gen.frames,
-            size=gen.size,
-            seed=gen.seed,
-            jobs=args.jobs or default_jobs(),
+            staging, **dataclasses.asdict(cfg.data.generate), jobs=args.jobs or default_jobs()
         )
         contact_sheet(staging, staging / "contact_sheet.png")
     print(

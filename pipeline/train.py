@@ -11,7 +11,6 @@ learning curves), ``learning_curves.png``, ``config.yaml`` and ``timing.json``; 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import yaml
 
@@ -20,26 +19,22 @@ from dsts.distributed import init_from_env, shutdown
 from dsts.engine import Trainer
 from dsts.files import write_json, write_text
 from dsts.plots import plot_learning_curves
-from dsts.runs import RunFolder, run_folder, write_history
+from dsts.runs import RunFolder, write_history
 from dsts.tracking import Tracker
-from pipeline._cli import add_config_args, config_from_args, run
+from pipeline._cli import parse_run_stage, run
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__)
-    add_config_args(parser)
-    parser.add_argument("--out", default=None, help="output folder (default: runs/<variant>/seed<S>)")
-    args = parser.parse_args()
-    cfg = config_from_args(args)
+    _, cfg, out = parse_run_stage(parser)
     rank, world_size, device = init_from_env()
     try:
-        return _train(cfg, args, rank, world_size, device)
+        return _train(cfg, out, rank, world_size, device)
     finally:
         shutdown()
 
 
-def _train(cfg, args, rank: int, world_size: int, device) -> int:
-    out = RunFolder(Path(args.out)) if args.out else run_folder(cfg.variant, cfg.train.seed)
+def _train(cfg, out: RunFolder, rank: int, world_size: int, device) -> int:
     ckpt = out.checkpoint(cfg.hash())
     run_id = load_checkpoint(ckpt, cfg).get("run_id") if ckpt.exists() else None
     tracker = Tracker(cfg) if cfg.tracking.enabled and rank == 0 else None

@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from dsts.config import DataConfig
 from dsts.data.decode import Video
 from dsts.data.readers import entry_name, read_diving48, read_finegym, read_vocab
 from dsts.data.sampling import SeededSampler, sample_indices
@@ -49,19 +50,12 @@ class VideoDataset(Dataset):
     def __init__(
         self,
         table: pd.DataFrame,
+        clips: DataConfig,
         *,
+        train: bool,
         num_classes: int,
         class_names: Sequence[str],
         class_cues: Sequence[str | None],
-        num_frames: int,
-        train: bool,
-        sampling: str = "segment",
-        dense_stride: int = 2,
-        resize: int = 64,
-        crop: int = 56,
-        flip: bool = True,
-        test_clips: int = 1,
-        test_crops: int = 1,
         seed: int = 0,
         frames: Sequence[np.ndarray] | None = None,
         skipped: Sequence[tuple[str, str]] = (),
@@ -69,18 +63,11 @@ class VideoDataset(Dataset):
         if frames is not None and len(frames) != len(table):
             raise ValueError("frames must hold one array per row of the table")
         self.table = table
+        self.clips = clips  # sampling, sizes and views: num_frames, sampling, crop, test_clips, ...
+        self.train = train
         self.num_classes = int(num_classes)
         self.class_names = list(class_names)
         self.class_cues = list(class_cues)
-        self.num_frames = num_frames
-        self.train = train
-        self.sampling = sampling
-        self.dense_stride = dense_stride
-        self.resize = resize
-        self.crop = crop
-        self.flip = flip
-        self.test_clips = test_clips
-        self.test_crops = test_crops
         self.seed = int(seed)
         self.epoch = 0
         self.skipped = list(skipped)
@@ -98,7 +85,7 @@ class VideoDataset(Dataset):
 
     @property
     def views(self) -> int:
-        return 1 if self.train else self.test_clips * self.test_crops
+        return 1 if self.train else self.clips.test_clips * self.clips.test_crops
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -110,21 +97,15 @@ class VideoDataset(Dataset):
         return int(self._labels[index])
 
     def _indices(self, length: int, generator: torch.Generator | None, view: int) -> np.ndarray:
+        c = self.clips
         return sample_indices(
-            self.sampling,
-            length,
-            self.num_frames,
-            self.train,
-            generator,
-            stride=self.dense_stride,
-            view=view,
-            num_views=self.test_clips,
+            c.sampling, length, c.num_frames, self.train, generator, c.dense_stride, view, c.test_clips
         )
 
     def _views(self, length: int, generator: torch.Generator) -> list[np.ndarray]:
         if self.train:
             return [self._indices(length, generator, 0)]
-        return [self._indices(length, None, c) for c in range(self.test_clips)]
+        return [self._indices(length, None, c) for c in range(self.clips.test_clips)]
 
     def _clip_frames(self, index: int, generator: torch.Generator) -> list[torch.Tensor]:
         """uint8 ``(T, h, w, 3)`` frames for each temporal view, resized to the short side."""
@@ -141,7 +122,7 @@ class VideoDataset(Dataset):
             decoded = video.read((start + wanted).tolist())
         lookup = {int(k): j for j, k in enumerate(wanted)}
         return [
-            resize_short_side(torch.from_numpy(decoded[[lookup[int(k)] for k in idx]]), self.resize)
+            resize_short_side(torch.from_numpy(decoded[[lookup[int(k)] for k in idx]]), self.clips.resize)
             for idx in views
         ]
 
@@ -151,10 +132,10 @@ class VideoDataset(Dataset):
         generator = item_generator(self.seed, self.epoch, index)
         views = self._clip_frames(index, generator)
         label = int(self._labels[index])
+        c = self.clips
         if self.train:
-            return train_transform(views[0], self.resize, self.crop, self.flip, generator), label
-        clips = [test_transform(v, self.resize, self.crop, self.test_crops) for v in views]
-        return torch.cat(clips), label
+            return train_transform(views[0], c.resize, c.crop, c.flip, generator), label
+        return torch.cat([test_transform(v, c.resize, c.crop, c.test_crops) for v in views]), label
 
 
 def clip_range(num_frames: int, start: int, end: int | None, path: str, where: str) -> tuple[int, int]:
@@ -258,18 +239,11 @@ def build_dataset(cfg: Any, split: str, train: bool, seed: int = 0) -> VideoData
     kept.attrs = dict(table.attrs)
     return VideoDataset(
         kept,
+        cfg,
+        train=train,
         num_classes=num_classes,
         class_names=names,
         class_cues=cues,
-        num_frames=cfg.num_frames,
-        train=train,
-        sampling=cfg.sampling,
-        dense_stride=cfg.dense_stride,
-        resize=cfg.resize,
-        crop=cfg.crop,
-        flip=cfg.flip,
-        test_clips=cfg.test_clips,
-        test_crops=cfg.test_crops,
         seed=seed,
         frames=frames if cfg.cache else None,
         skipped=skipped,
