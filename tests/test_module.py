@@ -7,7 +7,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import dsts
 from dsts.layers import DSTSLayer
 from dsts.module import DSTS, p_hard_schedule, relaxed
 from tests.helpers import expensive
@@ -31,10 +30,6 @@ def make_dsts(
             elif name.endswith("_mean"):
                 b.copy_(torch.randn(b.shape, generator=gen, dtype=torch.float64) * 0.2)
     return model
-
-
-def test_public_names_import_from_the_package():
-    assert dsts.DSTS is DSTS and dsts.DSTSLayer is DSTSLayer and dsts.relaxed is relaxed
 
 
 @pytest.mark.parametrize("spec", ["st", "3d"])

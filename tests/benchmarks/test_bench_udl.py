@@ -50,7 +50,8 @@ import torch.nn.functional as F
 
 from dsts.config import load_config
 from dsts.model import build_model
-from dsts.udl import METHODS, SCOPES, UDLStep, split_parameters
+from dsts.module import relaxed
+from dsts.udl import METHODS, SCOPES, UDLStep, meta_gradient, split_parameters
 
 ROOT = Path(__file__).resolve().parents[2]
 BATCH = (16, 3, 8, 56, 56)
@@ -189,6 +190,20 @@ def peak_memory(kind: str, scope: str = "all") -> float:
     return float(json.loads(done.stdout.strip().splitlines()[-1])["peak_extra_mib"])
 
 
+def finite_difference_error(fd_eps: float, scope: str = "dsts") -> float:
+    """``|fd - autograd| / |autograd|`` of the meta-gradient on the default model in float32,
+    relaxed training mode (where the two methods estimate the same quantity)."""
+    _, model, _, _, (train, val) = default_setup()
+    with relaxed(model):
+        exact = meta_gradient(model, train, val, INNER_LR, method="autograd", scope=scope)
+        fd = meta_gradient(
+            model, train, val, INNER_LR, method="finite_difference", fd_eps=fd_eps, scope=scope
+        )
+    num = sum(float((fd[n] - exact[n]).double().pow(2).sum()) for n in exact)
+    den = sum(float(exact[n].double().pow(2).sum()) for n in exact)
+    return (num / den) ** 0.5
+
+
 def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}")
     plain_mib = peak_memory("plain")
@@ -203,6 +218,10 @@ def main() -> None:
         print(
             f"{key:28s} {row['seconds']:8.3f} {row['plain_seconds']:8.3f} {row['ratio']:6.2f} {mib:9.0f} "
             f"{mib / plain_mib:8.2f}"
+        )
+    for eps in (1e-4, 1e-3, 1e-2, 1e-1):
+        print(
+            f"finite difference, relaxed, fd_eps {eps:g}: relative error {finite_difference_error(eps):.3g}"
         )
 
 
