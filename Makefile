@@ -12,21 +12,32 @@ export DVC_NO_ANALYTICS := 1
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: setup repro smoke test test-fast bench lint ui mlflow-server clean
+.PHONY: setup lock repro smoke verify-repro test test-fast bench lint ui mlflow-server clean
 
-# The install runs only when requirements.txt or pyproject.toml changed since the last one.
+# The install runs only when requirements.txt, requirements.lock or pyproject.toml changed since the
+# last one. requirements.lock pins every distribution pip resolved (a constraints file).
 setup:
-	@want=$$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1); \
+	@want=$$(cat requirements.txt requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1); \
 	if [ -x $(VENV)/bin/python ] && [ "$$(cat $(STAMP) 2>/dev/null)" = "$$want" ]; then \
 	  echo "setup: .venv is up to date"; \
 	else \
 	  set -e; \
 	  [ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV); \
-	  $(VENV)/bin/python -m pip install -q -r requirements.txt 2> >(grep -v "is ignored: it is neither" >&2); \
+	  $(VENV)/bin/python -m pip install -q -r requirements.txt -c requirements.lock 2> >(grep -v "is ignored: it is neither" >&2); \
 	  $(VENV)/bin/python -m pip install -q --no-deps -e . 2> >(grep -v "is ignored: it is neither" >&2); \
 	  echo "$$want" > $(STAMP); \
 	  echo "setup: installed into .venv"; \
 	fi
+
+# Resolve requirements.txt afresh in a throw-away venv and pin what pip chose.
+LOCK_VENV := .lock-venv
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q -r requirements.txt 2> >(grep -v "is ignored: it is neither" >&2)
+	{ echo "# Every distribution pip resolved from requirements.txt, at its exact version (make lock)."; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable; } > requirements.lock
+	rm -rf $(LOCK_VENV)
 
 repro: setup
 	dvc repro
@@ -34,6 +45,10 @@ repro: setup
 # The whole graph at a tiny size (smoke.yaml), in a temporary copy of the workspace.
 smoke: setup
 	python -m pipeline.smoke
+
+# The smoke grid again in a temporary copy, compared byte for byte with reference/smoke.json.
+verify-repro: setup
+	python -m pipeline.verify_repro
 
 test: setup
 	python -m pytest --benchmark-disable $(PYTEST_ARGS)

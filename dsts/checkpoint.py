@@ -8,6 +8,7 @@ refused with one line, never silently used or overwritten.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,17 @@ def _load_of(path: str | Path, cfg: Config, what: str, fix: str) -> dict[str, An
     return state
 
 
+def state_dict_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over every entry's name, dtype, shape and bytes, in name order: equal digests mean
+    byte-identical weights and buffers."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
 def load_checkpoint(path: str | Path, cfg: Config) -> dict[str, Any]:
     """A checkpoint of this exact resolved config, or one clear error (nothing is overwritten)."""
     return _load_of(path, cfg, "checkpoint", "move it away or restore the params it was trained with")
@@ -101,9 +113,10 @@ def save_model(
     class_names: list[str],
     class_cues: list,
     history: list[dict[str, float]],
-    run_id: str | None,
 ) -> None:
-    """The trained model with what evaluation needs: its config, classes and learning curves."""
+    """The trained model with what evaluation needs: its config, classes and learning curves. Nothing
+    that differs between two runs of the same config (no run id, no timing): the same seed gives the
+    same bytes."""
     atomic_save(
         {
             "format": FORMAT,
@@ -114,7 +127,6 @@ def save_model(
             "class_names": class_names,
             "class_cues": [c if isinstance(c, str) else "" for c in class_cues],
             "history": history,
-            "run_id": run_id or "",
         },
         path,
     )

@@ -105,6 +105,8 @@ class TrainConfig:
     bf16: bool = False
     channels_last: bool = False
     cudnn_benchmark: bool = False
+    portable: bool = True  # pin the kernels' instruction set and the threads (dsts/portable.py)
+    threads: int = 2  # intra-op threads; part of what makes two runs byte-identical
 
 
 @dataclass
@@ -296,6 +298,7 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("train.grad_clip", lambda v: v >= 0, ">= 0"),
     ("train.updates_per_step", lambda v: v >= 1, ">= 1"),
     ("train.seed", lambda v: v >= 0, ">= 0"),
+    ("train.threads", lambda v: v >= 1, ">= 1"),
     ("train.device", lambda v: v in ("auto", "cpu") or v.startswith("cuda"), "auto, cpu or cuda[:N]"),
     ("udl.inner_lr", lambda v: v >= 0, ">= 0"),
     ("udl.fd_eps", lambda v: v > 0, "> 0"),
@@ -325,6 +328,11 @@ def _check(cfg: Config) -> None:
             raise ConfigError(f"{key}: {flat[key]!r} is impossible (must be {want})")
     if not 1 <= cfg.data.crop <= cfg.data.resize:
         raise ConfigError(f"data.crop: {cfg.data.crop!r} is impossible (must be in [1, data.resize])")
+    if cfg.train.portable and cfg.train.cudnn_benchmark:
+        raise ConfigError(
+            "train.cudnn_benchmark: true picks kernels by timing, which train.portable: true forbids "
+            "(set train.portable: false to autotune)"
+        )
     if cfg.udl.enabled and not cfg.model.dsts.enabled:
         raise ConfigError("udl.enabled: true needs model.dsts.enabled: true (UDL trains DSTS decisions)")
 

@@ -296,7 +296,8 @@ class Trainer:
     def fit(self) -> TrainResult:
         cfg, device = self.cfg, self.device
         seed_everything(cfg.train.seed)
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        if not torch.are_deterministic_algorithms_enabled():  # dsts.portable may have made it strict
+            torch.use_deterministic_algorithms(True, warn_only=True)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
         data = self._data()

@@ -30,7 +30,6 @@ import os
 import platform
 import re
 import sys
-from collections.abc import Mapping
 from importlib import metadata
 
 from dsts.errors import DSTSError
@@ -89,15 +88,31 @@ def pin_cuda(torch_module) -> None:
     torch_module.backends.cudnn.benchmark = False
 
 
-def _cpu_model() -> str:
+# CPU features that change which kernels a library may pick
+FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile")
+
+
+def _cpu() -> dict[str, str]:
+    """The CPU's name, identity (family, model, stepping: a virtual machine's name is often
+    generic) and the features that matter for dispatch, from /proc/cpuinfo where there is one."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break  # the first processor is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    return {
+        "cpu": fields.get("model name") or platform.processor() or platform.machine(),
+        "cpu_id": " ".join(
+            f"{k.split()[-1]} {fields[k]}" for k in ("cpu family", "model", "stepping") if k in fields
+        ),
+        "cpu_features": " ".join(f for f in FEATURES if f in flags),
+    }
 
 
 def _version(distribution: str) -> str:
@@ -107,7 +122,7 @@ def _version(distribution: str) -> str:
         return "absent"
 
 
-def fingerprint(settings: Mapping[str, str] | None = None) -> dict[str, str]:
+def fingerprint(portable: bool, threads: int) -> dict[str, str]:
     """What decides the floating-point path of this process: CPU, the dispatch torch chose, the
     thread counts, library versions and the pinned settings. Strings only (MLflow tags)."""
     import av  # the decoder's FFmpeg is part of what a run's input bytes came from
@@ -117,7 +132,7 @@ def fingerprint(settings: Mapping[str, str] | None = None) -> dict[str, str]:
     mkl = re.search(r"Math Kernel Library Version ([^\s]+)", config)
     onednn = re.search(r"MKL-DNN v([\d.]+)", config)
     out = {
-        "cpu": _cpu_model(),
+        **_cpu(),
         "machine": platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": str(torch.get_num_threads()),
@@ -134,5 +149,5 @@ def fingerprint(settings: Mapping[str, str] | None = None) -> dict[str, str]:
     }
     for name in (*ISA_PINS, *THREAD_VARIABLES):
         out[f"env.{name}"] = os.environ.get(name, "")
-    out.update({f"setting.{k}": str(v) for k, v in (settings or {}).items()})
+    out.update({"setting.portable": str(portable).lower(), "setting.threads": str(threads)})
     return out

@@ -46,6 +46,8 @@ class RunFolder:
     per_class = _File("per_class.csv")
     timing = _File("timing.json")
     cost = _File("cost.json")  # the evaluation latency: a timing, so it stays out of metrics.json
+    environment = _File("environment.json")  # where the numbers came from (dsts.portable.fingerprint)
+    tracking = _File("tracking.json")  # the MLflow run that evaluation continues
     plots = _File("plots")
 
     def checkpoint(self, config_hash: str) -> Path:

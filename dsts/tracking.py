@@ -22,7 +22,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
 import mlflow  # noqa: E402
-from mlflow.entities import Metric, Param  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from dsts.config import Config  # noqa: E402
@@ -185,6 +185,10 @@ class Tracker:
 
     def set_tag(self, key: str, value: str) -> None:
         retry(lambda: self.client.set_tag(self.run_id, key, value))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        items = [RunTag(k, str(v)) for k, v in sorted(tags.items())]
+        retry(lambda: self.client.log_batch(self.run_id, tags=items))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from dsts.config import Config, load_config
 from dsts.errors import DSTSError
+from dsts.portable import pin_environment
 from dsts.runs import RunFolder, run_folder
 
 EXIT_BAD_INPUT = 2
@@ -43,11 +44,13 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def parse_run_stage(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, Config, RunFolder]:
     """The arguments of a stage that works on one run folder (train, evaluate, predict): the config
-    options and ``--out``; returns the arguments, the config and the run folder."""
+    options and ``--out``. Applies the kernel pins of ``train.portable`` (dsts/portable.py), so it
+    must run before torch is imported. Returns the arguments, the config and the run folder."""
     add_config_args(parser)
     parser.add_argument("--out", default=None, help="run folder (default: runs/<variant>/seed<S>)")
     args = parser.parse_args()
     cfg = config_from_args(args)
+    pin_environment(cfg.train.portable, cfg.train.threads)
     folder = RunFolder(Path(args.out)) if args.out else run_folder(cfg.variant, cfg.train.seed)
     return args, cfg, folder
 

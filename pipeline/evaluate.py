@@ -10,23 +10,27 @@ the MLflow run that trained the model.
 from __future__ import annotations
 
 import argparse
+import json
 
-from dsts import metrics as M
-from dsts.checkpoint import load_model
-from dsts.cost import count_flops, cpu_latency_ms
-from dsts.data import build_dataset, build_loader
-from dsts.engine import evaluation_metrics, predict, resolve_device
-from dsts.files import write_json
-from dsts.plots import plot_confusion, plot_usage_heatmap
-from dsts.runs import write_metrics, write_per_class
-from dsts.tracking import Tracker
 from pipeline._cli import parse_run_stage, run
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__)
-    _, cfg, out = parse_run_stage(parser)
+    _, cfg, out = parse_run_stage(parser)  # applies the kernel pins: torch must not be loaded yet
+    # Imported after the pins, on purpose: torch reads them once, when it loads (dsts/portable.py).
+    from dsts import metrics as M
+    from dsts.checkpoint import load_model
+    from dsts.cost import count_flops, cpu_latency_ms
+    from dsts.data import build_dataset, build_loader
+    from dsts.engine import evaluation_metrics, predict, resolve_device
+    from dsts.files import write_json
+    from dsts.plots import plot_confusion, plot_usage_heatmap
+    from dsts.portable import fingerprint, pin_torch
+    from dsts.runs import write_metrics, write_per_class
+    from dsts.tracking import Tracker
 
+    pin_torch(cfg.train.portable, cfg.train.threads)
     device = resolve_device(cfg.train.device)
     model, saved = load_model(out.model, cfg, device)
     test_ds = build_dataset(cfg.data, "test", train=False, seed=cfg.train.seed)
@@ -68,13 +72,17 @@ def main() -> int:
 
     if cfg.tracking.enabled:
         tracker = Tracker(cfg)
-        with tracker.run(saved["run_id"] or None) as t:
+        run_id = json.loads(out.tracking.read_text()).get("run_id") if out.tracking.is_file() else None
+        with tracker.run(run_id or None) as t:
             t.log_metrics(metrics, step=cfg.train.epochs)
             t.log_artifact(out.metrics)
             t.log_artifact(out.cost)
             t.log_artifact(out.per_class)
             for name in plots:
                 t.log_artifact(out.plots / name, "plots")
+            t.set_tags(
+                {f"eval.env.{k}": v for k, v in fingerprint(cfg.train.portable, cfg.train.threads).items()}
+            )
             t.set_tag("eval_status", "done")
     print(f"evaluated {cfg.variant} seed {cfg.train.seed}: top1 {metrics['test/top1']:.4f} -> {out.metrics}")
     return 0

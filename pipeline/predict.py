@@ -13,12 +13,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import pandas as pd
-import torch
-
-from dsts.checkpoint import load_model
-from dsts.data.dataset import VideoDataset
-from dsts.engine import resolve_device
 from pipeline._cli import parse_run_stage, run
 
 
@@ -30,7 +24,17 @@ def main() -> int:
     )
     parser.add_argument("video", help="an mp4 (or any file PyAV decodes)")
     parser.add_argument("--top", type=int, default=5, help="how many classes to print (default 5)")
-    args, cfg, out = parse_run_stage(parser)
+    args, cfg, out = parse_run_stage(parser)  # applies the kernel pins: torch must not be loaded yet
+    # Imported after the pins, on purpose: torch reads them once, when it loads (dsts/portable.py).
+    import pandas as pd
+    import torch
+
+    from dsts.checkpoint import load_model
+    from dsts.data.dataset import VideoDataset
+    from dsts.engine import resolve_device
+    from dsts.portable import pin_torch
+
+    pin_torch(cfg.train.portable, cfg.train.threads)
     device = resolve_device(cfg.train.device)
     model, saved = load_model(out.model, cfg, device)
     names = list(saved["class_names"])

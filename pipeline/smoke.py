@@ -50,6 +50,16 @@ def make_copy(dest: Path, profile: Path) -> None:
         subprocess.run(cmd, cwd=dest, check=True, env=env)
 
 
+def reproduce(dest: Path, profile: Path = ROOT / "smoke.yaml", quiet: bool = False) -> int:
+    """Copy the workspace into ``dest`` with ``profile`` merged and run ``dvc repro`` there, with
+    its own MLflow store; returns DVC's exit code."""
+    make_copy(dest, profile)
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{dest / 'mlflow.db'}")
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    output = subprocess.DEVNULL if quiet else None
+    return subprocess.run(["dvc", "repro"], cwd=dest, env=env, stdout=output).returncode
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.smoke", description=__doc__)
     parser.add_argument(
@@ -64,13 +74,10 @@ def main() -> int:
     dest.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     try:
-        make_copy(dest, Path(args.profile))
-        env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{dest / 'mlflow.db'}")
-        env.setdefault("DVC_NO_ANALYTICS", "1")
-        proc = subprocess.run(["dvc", "repro"], cwd=dest, env=env)
+        code = reproduce(dest, Path(args.profile))
         took = time.perf_counter() - started
-        print(f"smoke: dvc repro exited {proc.returncode} after {took:.0f} s in {dest}")
-        return proc.returncode
+        print(f"smoke: dvc repro exited {code} after {took:.0f} s in {dest}")
+        return code
     finally:
         if not args.keep:
             shutil.rmtree(dest, ignore_errors=True)

@@ -18,6 +18,7 @@ from dsts.checkpoint import (
     safe_load,
     save_model,
     set_rng_state,
+    state_dict_digest,
 )
 from dsts.config import load_config
 from dsts.errors import DSTSError
@@ -87,16 +88,25 @@ def test_saved_model_round_trip_and_refusal(tmp_path):
     with torch.no_grad():
         model.head.bias.add_(1.5)  # not what a fresh build gives
     history = [{"epoch": 1.0, "test/top1": 0.5}]
-    save_model(
-        tmp_path / "model.pt", model, cfg, 3, ["a", "b", "c"], ["spatial", None, "temporal"], history, "r1"
-    )
+    save_model(tmp_path / "model.pt", model, cfg, 3, ["a", "b", "c"], ["spatial", None, "temporal"], history)
     loaded, saved = load_model(tmp_path / "model.pt", cfg)
     assert not loaded.training
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert saved["class_names"] == ["a", "b", "c"] and saved["class_cues"] == ["spatial", "", "temporal"]
-    assert saved["history"] == history and saved["run_id"] == "r1"
+    assert saved["history"] == history and "run_id" not in saved  # nothing that differs between runs
     other = load_config("params.yaml", variant="dsts", seed=1)
     with pytest.raises(DSTSError, match="trained model of another config") as info:
         load_model(tmp_path / "model.pt", other)
     assert "\n" not in str(info.value)
+
+
+def test_state_dict_digest_sees_every_bit_name_dtype_and_shape():
+    state = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3), "e": torch.zeros(0)}
+    digest = state_dict_digest(state)
+    assert digest == state_dict_digest(dict(reversed(list(state.items()))))  # order of entries
+    flipped = dict(state, w=torch.tensor([1.0, 2.0]).view(torch.int32).add(1).view(torch.float32))
+    renamed = {"v" if k == "w" else k: v for k, v in state.items()}
+    retyped = dict(state, n=torch.tensor(3, dtype=torch.int32))
+    reshaped = dict(state, w=state["w"].view(2, 1))
+    assert len({digest, *(state_dict_digest(s) for s in (flipped, renamed, retyped, reshaped))}) == 5

@@ -1,12 +1,14 @@
 """What the report reads: the study in the params file and the files of every (variant, seed) run.
 
 Every run file is read with the readers of ``dsts/runs.py``; a missing or malformed one stops the
-report with one line naming it. ``timing.json`` (train stage) and ``cost.json`` (evaluate stage)
-are optional: a run without them still reports, with "n/a" in the cost table.
+report with one line naming it. ``timing.json`` (train stage), ``environment.json`` (train stage)
+and ``cost.json`` (evaluate stage) are optional: a run without them still reports, with "n/a" in
+the cost table.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,7 @@ class Run:
     history: list[dict[str, float]]
     timing: dict[str, float]
     cost: dict[str, float]
+    environment: dict[str, str]  # the fingerprint the train stage recorded (dsts.portable); may be empty
 
 
 def read_study(params: str | Path) -> tuple[list[str], list[int]]:
@@ -80,6 +83,18 @@ def _optional(path: Path) -> dict[str, float]:
     return read_metrics(path) if path.is_file() else {}
 
 
+def _environment(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ReportError(f"{path}: not readable JSON ({type(exc).__name__})") from None
+    if not isinstance(data, dict):
+        raise ReportError(f"{path}: expected a JSON object of names to strings")
+    return {str(k): str(v) for k, v in data.items()}
+
+
 def load_runs(runs_dir: str | Path, variants: Sequence[str], seeds: Sequence[int]) -> list[Run]:
     """Every (variant, seed)'s files, variant by variant; the first missing or malformed required
     file (``metrics.json``, ``history.csv``) is a :class:`dsts.runs.RunFileError`."""
@@ -100,6 +115,7 @@ def load_runs(runs_dir: str | Path, variants: Sequence[str], seeds: Sequence[int
                     history=read_history(files.history),
                     timing=_optional(files.timing),
                     cost=_optional(files.cost),
+                    environment=_environment(files.environment),
                 )
             )
     return runs

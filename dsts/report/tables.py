@@ -15,6 +15,7 @@ Accuracies stay fractions, as in ``metrics.json``. A value a run lacks is NaN, n
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -65,6 +66,7 @@ class Report:
     specialization: pd.DataFrame
     curves: pd.DataFrame
     configs: dict[str, dict[str, Any]]
+    environments: list[tuple[dict[str, str], list[str]]]  # each distinct fingerprint and its runs
 
 
 def layer_table(runs: Sequence[Run]) -> pd.DataFrame:
@@ -274,7 +276,19 @@ def build_report(
         specialization=specialization_table(layers, variants),
         curves=curve_table(runs),
         configs={k: dict(v) for k, v in (configs or {}).items()},
+        environments=environments(runs),
     )
+
+
+def environments(runs: Sequence[Run]) -> list[tuple[dict[str, str], list[str]]]:
+    """The distinct fingerprints the runs were trained under, each with its runs, most runs first;
+    runs without ``environment.json`` are left out."""
+    groups: dict[str, tuple[dict[str, str], list[str]]] = {}
+    for r in runs:
+        if r.environment:
+            key = json.dumps(r.environment, sort_keys=True)
+            groups.setdefault(key, (r.environment, []))[1].append(f"{r.variant}/seed{r.seed}")
+    return sorted(groups.values(), key=lambda g: -len(g[1]))
 
 
 SUMMARY_VARIANT_KEYS = (

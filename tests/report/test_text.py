@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 from dsts.report.load import load_runs
@@ -89,3 +90,21 @@ def test_single_seed_and_missing_references(tmp_path):
     assert "No reference variant (dsts_udl, static) among the variants." in text
     text = render_markdown(make(tmp_path / "c", variants=("baseline",)))
     assert "No variant has DSTS layers." in text
+
+
+def test_environments_are_listed_and_a_mix_is_warned(tmp_path):
+    variants, seeds = ("baseline", "dsts"), (0, 1)
+    write_fake_runs(tmp_path, variants, seeds)
+    same = {"cpu": "Xeon", "cpu_capability": "AVX2", "threads": "2", "setting.portable": "true"}
+    for v in variants:
+        for s in seeds:
+            (tmp_path / v / f"seed{s}" / "environment.json").write_text(json.dumps(same))
+    text = render_markdown(build_report(load_runs(tmp_path, variants, seeds), variants, seeds))
+    assert "## Reproducibility" in text and row(text, "4", "baseline/seed0, baseline/seed1, dsts/seed0 ...")
+    assert "Warning" not in text
+    other = dict(same, cpu_capability="AVX512", **{"setting.portable": "false"})
+    (tmp_path / "dsts" / "seed1" / "environment.json").write_text(json.dumps(other))
+    report = build_report(load_runs(tmp_path, variants, seeds), variants, seeds)
+    text = render_markdown(report)
+    assert text.count("trained in 2 different environments") == 2  # at the top and under Reproducibility
+    assert row(text, "1", "dsts/seed1", "Xeon", "AVX512", "2")
