@@ -80,11 +80,15 @@ def set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator] 
             g.set_state(state["generators"][name])
 
 
-def _load_of(path: str | Path, cfg: Config, what: str, fix: str) -> dict[str, Any]:
+def _load_of(path: str | Path, cfg: Config, device_type: str | None, what: str, fix: str) -> dict[str, Any]:
+    """The file's dict if it was made with ``cfg``'s training settings (:data:`dsts.config.TRAIN_KEYS`)
+    on ``device_type`` (None: the device type the file records), else one clear error."""
     state = safe_load(path)
-    if state.get("config_hash") != cfg.hash():
+    want = cfg.train_hash(device_type or str(state.get("device_type", "cpu")))
+    if state.get("config_hash") != want:
         raise DSTSError(
-            f"{path}: {what} of another config (hash {state.get('config_hash')}, this run is {cfg.hash()}); {fix}"
+            f"{path}: {what} of another config (training settings {state.get('config_hash')}, "
+            f"this run's are {want}); {fix}"
         )
     return state
 
@@ -100,9 +104,11 @@ def state_dict_digest(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def load_checkpoint(path: str | Path, cfg: Config) -> dict[str, Any]:
-    """A checkpoint of this exact resolved config, or one clear error (nothing is overwritten)."""
-    return _load_of(path, cfg, "checkpoint", "move it away or restore the params it was trained with")
+def load_checkpoint(path: str | Path, cfg: Config, device_type: str) -> dict[str, Any]:
+    """A checkpoint of these training settings, or one clear error (nothing is overwritten)."""
+    return _load_of(
+        path, cfg, device_type, "checkpoint", "move it away or restore the params it was trained with"
+    )
 
 
 def save_model(
@@ -113,15 +119,17 @@ def save_model(
     class_names: list[str],
     class_cues: list,
     history: list[dict[str, float]],
+    device_type: str,
 ) -> None:
-    """The trained model with what evaluation needs: its config, classes and learning curves. Nothing
-    that differs between two runs of the same config (no run id, no timing): the same seed gives the
-    same bytes."""
+    """The trained model with what evaluation needs: its config, the device type it was trained on,
+    classes and learning curves. Nothing that differs between two runs of the same config (no run
+    id, no timing): the same seed gives the same bytes."""
     atomic_save(
         {
             "format": FORMAT,
             "config": cfg.to_dict(),
-            "config_hash": cfg.hash(),
+            "config_hash": cfg.train_hash(device_type),
+            "device_type": device_type,
             "model": model.state_dict(),
             "num_classes": num_classes,
             "class_names": class_names,
@@ -133,9 +141,9 @@ def save_model(
 
 
 def load_model(path: str | Path, cfg: Config, device: torch.device | None = None) -> tuple[nn.Module, dict]:
-    """The trained model of ``cfg`` from ``path`` in evaluation mode; a file of another config is one
-    clear error."""
-    state = _load_of(path, cfg, "trained model", "rerun the train stage")
+    """The trained model of ``cfg`` from ``path`` in evaluation mode; a model trained with other
+    training settings is one clear error (evaluation settings may differ; so may the device)."""
+    state = _load_of(path, cfg, None, "trained model", "rerun the train stage")
     model = build_model(cfg, num_classes=int(state["num_classes"]))
     model.load_state_dict(state["model"])
     model.to(device or torch.device("cpu")).eval()

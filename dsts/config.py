@@ -23,6 +23,8 @@ import yaml
 
 from dsts.errors import ConfigError as ConfigError  # re-exported: dsts.config.ConfigError is public
 
+# Where the prepare stage writes the generated benchmark (dvc.yaml's prepare output).
+GENERATED_ROOT = "data/generated"
 BACKBONES = ("small3d", "r3d_18", "mc3_18", "r2plus1d_18")
 DATASETS = ("generated", "diving48", "finegym")
 
@@ -42,7 +44,7 @@ class GenerateConfig:
 @dataclass
 class DataConfig:
     dataset: Literal["generated", "diving48", "finegym"] = "generated"
-    root: str = "data/generated"
+    root: str = GENERATED_ROOT
     # FineGym element lists, relative to ``root`` unless absolute.
     finegym_train_list: str = "gym99_train_element_v1.1.txt"
     finegym_test_list: str = "gym99_val_element.txt"
@@ -156,14 +158,60 @@ class Config:
         """The resolved config as ``{"model.dsts.tau": 1.0, ...}``."""
         return flatten(self.to_dict())
 
-    def hash(self) -> str:
-        """A stable hash of the resolved config (seed included): what a checkpoint must match."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+    def train_settings(self, device_type: str) -> dict[str, Any]:
+        """The settings that decide the trained weights (:data:`TRAIN_KEYS`), with ``train.device``
+        resolved to the device type that runs them (``"cpu"`` or ``"cuda"``)."""
+        out = select(self.flat(), TRAIN_KEYS)
+        out["train.device"] = device_type
+        out["variant"] = self.variant
+        return out
+
+    def train_hash(self, device_type: str) -> str:
+        """A stable hash of :meth:`train_settings`: what a checkpoint and a trained model must match.
+        A change of an evaluation or tracking setting leaves it as it is."""
+        blob = json.dumps(self.train_settings(device_type), sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
 # Sections of params.yaml that belong to the pipeline, not to one run's config.
-PIPELINE_KEYS = ("variants", "seeds")
+PIPELINE_KEYS = ("variants", "seeds", "report")
+
+# What changes the trained weights: the train stage depends on exactly these params (dvc.yaml,
+# checked by tests/pipeline/test_dvc_graph.py) and a checkpoint's hash covers exactly these. A name
+# covers a setting or a whole section.
+TRAIN_KEYS: tuple[str, ...] = (
+    "data.dataset",
+    "data.root",
+    "data.finegym_train_list",
+    "data.num_classes",
+    "data.num_frames",
+    "data.sampling",
+    "data.dense_stride",
+    "data.resize",
+    "data.crop",
+    "data.flip",
+    "data.on_bad_video",
+    "data.generate",
+    "model",
+    "train",
+    "udl",
+)
+# What evaluation adds: the test list, the test views and the evaluation settings.
+EVALUATE_KEYS: tuple[str, ...] = (
+    *TRAIN_KEYS,
+    "data.finegym_test_list",
+    "data.test_clips",
+    "data.test_crops",
+    "eval",
+)
+# What changes no number at all: how fast data loads and where results are logged.
+NEUTRAL_KEYS: tuple[str, ...] = ("data.num_workers", "data.cache", "tracking")
+
+
+def select(flat: dict[str, Any], keys: typing.Iterable[str]) -> dict[str, Any]:
+    """The entries of a flat config that ``keys`` name (a key, or a section and everything below)."""
+    keys = tuple(keys)
+    return {k: v for k, v in flat.items() if any(k == key or k.startswith(key + ".") for key in keys)}
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -201,7 +201,9 @@ class _Data:
 
 class Trainer:
     """One (variant, seed) training run. ``on_epoch(metrics, epoch)`` receives each epoch's numbers;
-    ``run_id`` is stored in the checkpoints so that a resumed process continues the same run."""
+    ``run_id`` is stored in the checkpoints so that a resumed process continues the same run. The
+    checkpoint is named by the hash of the training settings on the resolved device
+    (:meth:`dsts.config.Config.train_hash`), so a change of them trains anew."""
 
     def __init__(
         self,
@@ -220,7 +222,8 @@ class Trainer:
             device if device is not None and cfg.train.device == "auto" else resolve_device(cfg.train.device)
         )
         self.log = print if rank == 0 else (lambda *a, **k: None)
-        self.checkpoint_file = RunFolder(self.out_dir).checkpoint(cfg.hash())
+        self.train_hash = cfg.train_hash(self.device.type)
+        self.checkpoint_file = RunFolder(self.out_dir).checkpoint(self.train_hash)
         self.bf16 = cfg.train.bf16 and self.device.type == "cuda"
 
     # -- pieces
@@ -277,7 +280,7 @@ class Trainer:
         """``(epochs done, history)`` from this config's checkpoint, or ``(0, [])`` without one."""
         if not self.checkpoint_file.exists():
             return 0, []
-        state = load_checkpoint(self.checkpoint_file, self.cfg)
+        state = load_checkpoint(self.checkpoint_file, self.cfg, self.device.type)
         model.load_state_dict(state["model"])
         for o, s in zip(optimizers, state["optimizers"]):
             o.load_state_dict(s)
@@ -446,7 +449,7 @@ class Trainer:
         atomic_save(
             {
                 "format": FORMAT,
-                "config_hash": self.cfg.hash(),
+                "config_hash": self.train_hash,
                 "config": self.cfg.to_dict(),
                 "epoch": epoch,
                 "model": model.state_dict(),

@@ -44,6 +44,7 @@ class RunFolder:
     history = _File("history.csv")
     metrics = _File("metrics.json")
     per_class = _File("per_class.csv")
+    predictions = _File("predictions.csv")  # actual and predicted class per test clip: the confusion plot
     timing = _File("timing.json")
     cost = _File("cost.json")  # the evaluation latency: a timing, so it stays out of metrics.json
     environment = _File("environment.json")  # where the numbers came from (dsts.portable.fingerprint)
@@ -140,3 +141,11 @@ def write_per_class(
         writer.writerow(["label", "name", "cue", "support", "accuracy"])
         for k, (name, cue, n, acc) in enumerate(zip(names, cues, support, accuracy, strict=True)):
             writer.writerow([k, name, cue or "", int(n), "" if acc != acc else repr(float(acc))])
+
+
+def write_predictions(path: str | Path, actual: Sequence[str], predicted: Sequence[str]) -> None:
+    """One row per test clip, ``actual,predicted`` class names: what DVC's confusion template reads."""
+    with atomic_write(path, newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["actual", "predicted"])
+        writer.writerows(zip(actual, predicted, strict=True))

@@ -9,6 +9,7 @@ queued experiment's temporary clone) and the current folder otherwise; ``MLFLOW_
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import random
 import subprocess
@@ -60,6 +61,24 @@ def retry(call: Callable[[], T], attempts: int = 8) -> T:
     raise AssertionError("unreachable")
 
 
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock beside a SQLite store while it is opened: MLflow creates and migrates
+    its tables on first use, and two processes doing that at once (``dvc queue start -j 2`` on a new
+    workspace) corrupt the migration. Other stores (a server) need no lock."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock = Path(uri.removeprefix("sqlite:///") + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def git_commit(root: Path | None = None) -> str:
     try:
         out = subprocess.run(
@@ -77,12 +96,14 @@ def git_commit(root: Path | None = None) -> str:
 class Tracker:
     """The MLflow run of one (variant, seed)."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, train_hash: str):
         self.cfg = cfg
+        self.train_hash = train_hash  # Config.train_hash: a change of training settings is a new run
         self.uri = tracking_uri()
         mlflow.set_tracking_uri(self.uri)
-        self.client = MlflowClient(self.uri)
-        self.experiment_id = self._experiment()
+        with store_lock(self.uri):  # the first process creates the tables; the others wait for it
+            self.client = MlflowClient(self.uri)
+            self.experiment_id = self._experiment()
         self.run_id: str | None = None
 
     def _experiment(self) -> str:
@@ -109,7 +130,7 @@ class Tracker:
         tags = {
             "variant": self.cfg.variant,
             "seed": str(self.cfg.train.seed),
-            "config_hash": self.cfg.hash(),
+            "config_hash": self.train_hash,
             "git_commit": git_commit(),
             "dataset": self.cfg.data.dataset,
         }
@@ -123,7 +144,7 @@ class Tracker:
         """A crashed or killed run of this exact resolved config: resuming continues it."""
         query = (
             f"tags.variant = '{self.cfg.variant}' and tags.seed = '{self.cfg.train.seed}' "
-            f"and tags.config_hash = '{self.cfg.hash()}'"
+            f"and tags.config_hash = '{self.train_hash}'"
         )
         runs = retry(
             lambda: self.client.search_runs(

@@ -15,7 +15,7 @@ def main() -> int:
     args = parser.parse_args()
     cfg = config_from_args(args)
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
-    print(f"# config hash: {cfg.hash()}")
+    print(f"# training-settings hash on the CPU: {cfg.train_hash('cpu')}")
     return 0
 
 

@@ -27,7 +27,7 @@ def main() -> int:
     from dsts.files import write_json
     from dsts.plots import plot_confusion, plot_usage_heatmap
     from dsts.portable import fingerprint, pin_torch
-    from dsts.runs import write_metrics, write_per_class
+    from dsts.runs import write_metrics, write_per_class, write_predictions
     from dsts.tracking import Tracker
 
     pin_torch(cfg.train.portable, cfg.train.threads)
@@ -55,6 +55,9 @@ def main() -> int:
     write_per_class(
         out.per_class, names, cues, cm.sum(axis=1), M.per_class_accuracy(preds, pred.labels, num_classes)
     )
+    write_predictions(
+        out.predictions, [names[k] for k in pred.labels.tolist()], [names[k] for k in preds.tolist()]
+    )
     plot_confusion(cm, names, out.plots / "confusion.png")
     plots = ["confusion.png"]
     if pred.selection is not None:
@@ -71,7 +74,7 @@ def main() -> int:
     write_metrics(out.metrics, metrics)
 
     if cfg.tracking.enabled:
-        tracker = Tracker(cfg)
+        tracker = Tracker(cfg, saved["config_hash"])
         run_id = json.loads(out.tracking.read_text()).get("run_id") if out.tracking.is_file() else None
         with tracker.run(run_id or None) as t:
             t.log_metrics(metrics, step=cfg.train.epochs)

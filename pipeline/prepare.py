@@ -1,14 +1,14 @@
 """Stage ``prepare``: write the generated fine-grained benchmark in Diving48's on-disk format.
 
-Writes ``data.root`` (``data/generated`` by default; ``--out`` elsewhere): ``rgb/<vid_name>.mp4``,
-``Diving48_V2_train.json``, ``Diving48_V2_test.json``, ``Diving48_vocab.json``,
-``Diving48_attributes.json`` (which cue, spatial or temporal, separates each class) and
+Writes ``data/generated`` (``--out`` elsewhere): ``rgb/<vid_name>.mp4``, ``Diving48_V2_train.json``,
+``Diving48_V2_test.json``, ``Diving48_vocab.json``, ``Diving48_attributes.json`` (which cue,
+spatial or temporal, separates each class), ``generated.json`` (what was generated) and
 ``contact_sheet.png`` (one clip per class; docs/benchmark.md describes the benchmark). The size comes
 from ``data.generate``; a seed gives the same bytes. The benchmark is generated into a temporary
-folder beside the target and renamed into place at the end, so a failure leaves no half-written
-data and an older complete folder is replaced only once the new one is complete. With
-``data.dataset`` set to a real data set, the annotation files under ``data.root`` are checked and
-nothing is written unless ``--out`` asks for the generated benchmark.
+folder beside the target and swapped in at the end, so a failure leaves no half-written data and an
+older complete folder is replaced only once the new one is complete. A folder that this stage did not
+make (no ``generated.json``: a real data set, say) is never replaced. Real data sets are not this
+stage's business: train and evaluate read them at ``data.root``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from dsts.data import contact_sheet, read_diving48, read_finegym
-from dsts.data.generate import default_jobs, generate_benchmark
+from dsts.config import GENERATED_ROOT
+from dsts.data import contact_sheet
+from dsts.data.generate import MARKER_FILE, default_jobs, generate_benchmark
+from dsts.errors import DataError
 from dsts.files import staged_folder
 from pipeline._cli import add_config_args, config_from_args, run
 
@@ -26,26 +28,20 @@ from pipeline._cli import add_config_args, config_from_args, run
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.prepare", description=__doc__)
     add_config_args(parser, variant=False, seed=False)
-    parser.add_argument("--out", default=None, help="where to write the benchmark (default: data.root)")
+    parser.add_argument(
+        "--out", default=GENERATED_ROOT, help=f"where to write the benchmark (default: {GENERATED_ROOT})"
+    )
     parser.add_argument("--jobs", type=int, default=None, help="encoding processes (default: up to 4)")
     args = parser.parse_args()
     if args.jobs is not None and args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
     cfg = config_from_args(args)
 
-    if cfg.data.dataset != "generated" and args.out is None:
-        root = Path(cfg.data.root)
-        if cfg.data.dataset == "diving48":
-            sizes = {split: len(read_diving48(root, split)) for split in ("train", "test")}
-        else:
-            sizes = {
-                "train": len(read_finegym(root / cfg.data.finegym_train_list, root)),
-                "test": len(read_finegym(root / cfg.data.finegym_test_list, root)),
-            }
-        print(f"prepare: {cfg.data.dataset} at {root}: {sizes['train']} train and {sizes['test']} test clips")
-        return 0
-
-    target = Path(args.out or cfg.data.root).resolve()
+    target = Path(args.out).resolve()
+    if target.exists() and any(target.iterdir()) and not (target / MARKER_FILE).is_file():
+        raise DataError(
+            f"{target}: not a generated benchmark (no {MARKER_FILE}); prepare replaces only a folder it made"
+        )
     with staged_folder(target, replace=True) as staging:
         summary = generate_benchmark(
             staging, **dataclasses.asdict(cfg.data.generate), jobs=args.jobs or default_jobs()

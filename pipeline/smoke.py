@@ -24,7 +24,12 @@ from pipeline._cli import run
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# The pipeline's outputs: a copy starts without them, as a fresh clone does.
+OUTPUTS = ("runs/", "reports/", "data/")
+
+
 def workspace_files(root: Path) -> list[str]:
+    """What git would commit (tracked files and untracked ones it does not ignore), outputs left out."""
     out = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
         cwd=root,
@@ -32,7 +37,7 @@ def workspace_files(root: Path) -> list[str]:
         text=True,
         check=True,
     )
-    return [f for f in out.stdout.split("\0") if f and (root / f).is_file()]
+    return [f for f in out.stdout.split("\0") if f and (root / f).is_file() and not f.startswith(OUTPUTS)]
 
 
 def make_copy(dest: Path, profile: Path) -> None:

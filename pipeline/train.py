@@ -6,7 +6,7 @@ each rank takes its shard of every batch, and only rank 0 logs, checkpoints and 
 Writes ``runs/<variant>/seed<S>/``: ``model.pt`` (state_dict + config), ``history.csv`` (the
 learning curves), ``learning_curves.png``, ``config.yaml``, ``timing.json``, ``environment.json``
 (the machine and kernel fingerprint) and ``tracking.json`` (the MLflow run id); checkpoints go to
-``checkpoints/<config hash>.pt`` beside them. The MLflow run of (variant, seed) is opened or continued.
+``checkpoints/<training-settings hash>.pt`` beside them. The MLflow run of (variant, seed) is opened or continued.
 """
 
 from __future__ import annotations
@@ -34,21 +34,16 @@ def main() -> int:
     pin_torch(cfg.train.portable, cfg.train.threads)
     rank, world_size, device = init_from_env()
     try:
-        ckpt = out.checkpoint(cfg.hash())
-        run_id = load_checkpoint(ckpt, cfg).get("run_id") if ckpt.exists() else None
-        tracker = Tracker(cfg) if cfg.tracking.enabled and rank == 0 else None
-        on_epoch = (lambda row, epoch: tracker.log_metrics(row, step=epoch)) if tracker else None
+        trainer = Trainer(cfg, out.path, rank=rank, world_size=world_size, device=device)
+        ckpt = trainer.checkpoint_file
+        trainer.run_id = (
+            load_checkpoint(ckpt, cfg, trainer.device.type).get("run_id") if ckpt.exists() else None
+        )
+        tracker = Tracker(cfg, trainer.train_hash) if cfg.tracking.enabled and rank == 0 else None
+        if tracker is not None:
+            trainer.on_epoch = lambda row, epoch: tracker.log_metrics(row, step=epoch)
 
-        def train(current_run: str | None) -> dict[str, float]:
-            trainer = Trainer(
-                cfg,
-                out.path,
-                on_epoch=on_epoch,
-                run_id=current_run,
-                rank=rank,
-                world_size=world_size,
-                device=device,
-            )
+        def train() -> dict[str, float]:
             result = trainer.fit()
             if rank != 0:
                 return {}
@@ -60,6 +55,7 @@ def main() -> int:
                 result.class_names,
                 result.class_cues,
                 result.history,
+                trainer.device.type,
             )
             write_history(out.history, result.history)
             plot_learning_curves(result.history, out.path / "learning_curves.png")
@@ -77,10 +73,11 @@ def main() -> int:
             return timing
 
         if tracker is None:
-            train(run_id)
+            train()
             return 0
-        with tracker.run(run_id) as t:
-            timing = train(t.run_id)
+        with tracker.run(trainer.run_id) as t:
+            trainer.run_id = t.run_id
+            timing = train()
             t.log_metrics({f"timing/{k}": v for k, v in timing.items()}, step=cfg.train.epochs)
             t.set_tags({f"env.{k}": v for k, v in fingerprint(cfg.train.portable, cfg.train.threads).items()})
             for file in (out.model, out.history, out.path / "learning_curves.png", out.path / "config.yaml"):

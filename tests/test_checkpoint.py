@@ -65,9 +65,9 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path):
         safe_load(tmp_path / "absent.pt")
     cfg = load_config("params.yaml", variant="dsts", seed=0)
     other = load_config("params.yaml", variant="dsts", seed=1)
-    atomic_save({"format": FORMAT, "config_hash": other.hash()}, tmp_path / "other.pt")
+    atomic_save({"format": FORMAT, "config_hash": other.train_hash("cpu")}, tmp_path / "other.pt")
     with pytest.raises(DSTSError, match="checkpoint of another config") as info:
-        load_checkpoint(tmp_path / "other.pt", cfg)
+        load_checkpoint(tmp_path / "other.pt", cfg, "cpu")
     assert "\n" not in str(info.value)
 
 
@@ -88,7 +88,9 @@ def test_saved_model_round_trip_and_refusal(tmp_path):
     with torch.no_grad():
         model.head.bias.add_(1.5)  # not what a fresh build gives
     history = [{"epoch": 1.0, "test/top1": 0.5}]
-    save_model(tmp_path / "model.pt", model, cfg, 3, ["a", "b", "c"], ["spatial", None, "temporal"], history)
+    save_model(
+        tmp_path / "model.pt", model, cfg, 3, ["a", "b", "c"], ["spatial", None, "temporal"], history, "cuda"
+    )
     loaded, saved = load_model(tmp_path / "model.pt", cfg)
     assert not loaded.training
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
@@ -99,6 +101,9 @@ def test_saved_model_round_trip_and_refusal(tmp_path):
     with pytest.raises(DSTSError, match="trained model of another config") as info:
         load_model(tmp_path / "model.pt", other)
     assert "\n" not in str(info.value)
+    # evaluation settings may change, and a model trained on a GPU evaluates on the CPU
+    evaluation = load_config("params.yaml", variant="dsts", seed=0, overrides=["eval.batch_size=7"])
+    assert load_model(tmp_path / "model.pt", evaluation)[1]["device_type"] == "cuda"
 
 
 def test_state_dict_digest_sees_every_bit_name_dtype_and_shape():

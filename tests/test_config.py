@@ -11,7 +11,17 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dsts.config import Config, ConfigError, deep_merge, load_config, parse_override
+from dsts.config import (
+    EVALUATE_KEYS,
+    NEUTRAL_KEYS,
+    TRAIN_KEYS,
+    Config,
+    ConfigError,
+    deep_merge,
+    load_config,
+    parse_override,
+    select,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"
@@ -134,12 +144,50 @@ def test_udl_needs_dsts():
         load_config(PARAMS, variant="baseline", overrides=["udl.enabled=true"])
 
 
-def test_hash_is_stable_and_sensitive():
+def test_train_hash_covers_the_training_settings_and_nothing_else():
     a = load_config(PARAMS, variant="dsts", seed=0)
-    b = load_config(PARAMS, variant="dsts", seed=0)
-    c = load_config(PARAMS, variant="dsts", seed=1)
-    assert a.hash() == b.hash() != c.hash()
     assert isinstance(a, Config) and a.flat()["model.dsts.num_layers"] == a.model.dsts.num_layers
+    assert a.train_hash("cpu") == load_config(PARAMS, variant="dsts", seed=0).train_hash("cpu")
+    changed = {
+        "train.seed": 1,
+        "train.lr": 0.5,
+        "train.threads": 1,
+        "train.portable": False,
+        "train.bf16": True,
+        "model.dsts.tau": 2.0,
+        "udl.fd_eps": 0.5,
+        "data.crop": 32,
+        "data.generate.seed": 3,
+    }
+    for key, value in changed.items():
+        other = load_config(
+            PARAMS, variant="dsts", overrides=[f"{key}={value}"], seed=0 if key != "train.seed" else None
+        )
+        assert other.train_hash("cpu") != a.train_hash("cpu"), key
+    neutral = {
+        "eval.batch_size": 64,
+        "eval.top_k": 3,
+        "tracking.experiment": "x",
+        "tracking.enabled": False,
+        "data.num_workers": 2,
+        "data.cache": False,
+        "data.test_clips": 2,
+        "data.test_crops": 3,
+    }
+    for key, value in neutral.items():
+        other = load_config(PARAMS, variant="dsts", overrides=[f"{key}={value}"], seed=0)
+        assert other.train_hash("cpu") == a.train_hash("cpu"), key
+    assert a.train_hash("cuda") != a.train_hash("cpu")  # the resolved device type, not "auto"
+    assert load_config(PARAMS, variant="static", seed=0).train_hash("cpu") != a.train_hash("cpu")
+
+
+def test_every_setting_is_training_evaluation_or_neutral():
+    flat = load_config(PARAMS, variant="dsts").flat()
+    training, evaluation = select(flat, TRAIN_KEYS), select(flat, EVALUATE_KEYS)
+    neutral = select(flat, NEUTRAL_KEYS)
+    assert set(training) <= set(evaluation)
+    assert not set(evaluation) & set(neutral)
+    assert set(evaluation) | set(neutral) | {"variant"} == set(flat)
 
 
 scalars = st.one_of(st.integers(-5, 5), st.booleans(), st.text("abc", max_size=3), st.none())

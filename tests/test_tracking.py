@@ -35,7 +35,7 @@ def test_retry_outlasts_transient_locks_and_not_real_errors():
 def tracker(monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     cfg = load_config("params.yaml", variant="dsts", seed=3)
-    return Tracker(cfg)
+    return Tracker(cfg, cfg.train_hash("cpu"))
 
 
 def test_a_run_per_variant_and_seed_that_a_rerun_continues(tracker):
@@ -55,4 +55,4 @@ def test_an_exception_marks_the_run_failed_and_a_new_process_finds_it(tracker):
     with pytest.raises(RuntimeError), tracker.run() as t:
         raise RuntimeError("crash")
     assert tracker.client.get_run(t.run_id).info.status == "FAILED"
-    assert Tracker(tracker.cfg).find_unfinished() == t.run_id
+    assert Tracker(tracker.cfg, tracker.train_hash).find_unfinished() == t.run_id

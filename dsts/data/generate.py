@@ -26,6 +26,7 @@ from dsts.errors import DataError
 
 VOCAB_FILE = "Diving48_vocab.json"
 ATTRIBUTES_FILE = "Diving48_attributes.json"
+MARKER_FILE = "generated.json"  # what was generated; marks a folder the prepare stage may replace
 FPS = 16
 CRF = 18
 
@@ -134,6 +135,8 @@ def generate_benchmark(
         ]
     _write_json(root / VOCAB_FILE, [spec.vocab for spec in specs])
     _write_json(root / ATTRIBUTES_FILE, attributes_document(specs))
+    settings = {"classes": classes, "frames": frames, "size": size, "seed": seed}
+    _write_json(root / MARKER_FILE, {**settings, "train": counts["train"], "test": counts["test"]})
     if jobs > 1:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             list(pool.map(_write_clip, work, chunksize=16))

@@ -6,7 +6,8 @@ It reads only what the ``train`` and ``evaluate`` stages wrote under ``runs/<var
 It builds no model, so it needs neither ``dsts.model`` nor ``dsts.engine`` (nor torch).
 
 Outputs, in ``out_dir``: ``ablation.csv`` (one row per variant), ``runs.csv`` (per run),
-``comparisons.csv``, ``specialization.csv`` (per variant and layer), ``ablation.md``,
+``comparisons.csv``, ``specialization.csv`` (per variant and layer), ``curves.csv`` (mean top-1 per
+epoch, a column per variant, for ``dvc plots``), ``ablation.md``,
 ``summary.json`` (for ``dvc metrics``: no timing, so a rerun writes the same bytes) and
 ``top1_ci.png``, ``mca_ci.png``, ``learning_curves.png``, ``specialization.png``.
 """
@@ -21,7 +22,7 @@ import numpy as np
 from dsts.files import staged_folder, write_json, write_text
 from dsts.plots import plot_bar_ci, plot_layer_heatmaps, plot_seed_curves
 from dsts.report.load import ReportError, Run, load_runs, read_settings, read_study
-from dsts.report.tables import REFERENCES, Report, build_report, summary
+from dsts.report.tables import REFERENCES, Report, build_report, summary, wide_curve
 from dsts.report.text import render_markdown
 from dsts.stats import ALPHA, POWER
 
@@ -48,7 +49,7 @@ TABLES = {  # file -> Report attribute
     "specialization.csv": "specialization",
 }
 FIGURES = ("top1_ci.png", "mca_ci.png", "learning_curves.png", "specialization.png")
-OUTPUTS = tuple(sorted([*TABLES, "ablation.md", "summary.json", *FIGURES]))
+OUTPUTS = tuple(sorted([*TABLES, "curves.csv", "ablation.md", "summary.json", *FIGURES]))
 
 
 def _plot_bars(report: Report, metric: str, label: str, path: Path) -> None:
@@ -97,6 +98,7 @@ def write_report(report: Report, out_dir: str | Path) -> list[Path]:
     with staged_folder(out_dir) as stage:
         for name, attribute in TABLES.items():
             write_text(stage / name, getattr(report, attribute).to_csv(index=False, na_rep="NaN"))
+        write_text(stage / "curves.csv", wide_curve(report).to_csv(index=False, na_rep="NaN"))
         write_text(stage / "ablation.md", render_markdown(report))
         write_json(stage / "summary.json", summary(report))
         _plot_bars(report, "top1", "top-1", stage / "top1_ci.png")

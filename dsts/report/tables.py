@@ -243,6 +243,16 @@ def curve_table(runs: Sequence[Run]) -> pd.DataFrame:
     return stats.rename(columns={"std": "sd", "count": "n"}).reset_index()
 
 
+def wide_curve(report: Report, metric: str = CURVES[0]) -> pd.DataFrame:
+    """``epoch`` and one column per variant: the mean over seeds of ``metric`` at that epoch (what
+    ``dvc plots`` draws as one line per variant)."""
+    curves = report.curves[report.curves["metric"] == metric]
+    wide = curves.pivot(index="epoch", columns="variant", values="mean")
+    wide = wide.reindex(columns=[v for v in report.variants if v in wide.columns])
+    wide.index = wide.index.astype(int)
+    return wide.reset_index().rename_axis(columns=None)
+
+
 def build_report(
     runs: Sequence[Run],
     variants: Sequence[str],

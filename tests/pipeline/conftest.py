@@ -15,8 +15,8 @@ def workdir(tmp_path_factory) -> Path:
     """A tiny workspace: params.yaml shrunk to seconds, the real ablations, generated data."""
     work = tmp_path_factory.mktemp("e2e")
     params = deep_update(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
-    params["data"]["root"] = str(work / "data")
+    params["data"]["root"] = str(work / "data" / "generated")
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     (work / "ablations").symlink_to(ROOT / "ablations")
-    stage(work, "pipeline.prepare")
+    stage(work, "pipeline.prepare", "--out", params["data"]["root"])
     return work

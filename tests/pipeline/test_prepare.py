@@ -57,6 +57,7 @@ def test_writes_the_benchmark_and_replaces_it(tmp_path):
             "Diving48_attributes.json",
             "Diving48_vocab.json",
             "contact_sheet.png",
+            "generated.json",
             "rgb",
         ]
     )
@@ -85,6 +86,7 @@ def test_failure_keeps_the_older_complete_folder(tmp_path, monkeypatch):
     target = tmp_path / "generated"
     target.mkdir()
     (target / "Diving48_V2_train.json").write_text("[]\n")
+    (target / "generated.json").write_text("{}\n")  # an older benchmark that prepare made
 
     def broken(root, **kwargs):
         (Path(root) / "rgb").mkdir(parents=True)
@@ -95,24 +97,21 @@ def test_failure_keeps_the_older_complete_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["prepare", "--params", str(ROOT / "params.yaml"), "--out", str(target)])
     with pytest.raises(DataError, match="simulated"):
         stage.main()
-    assert sorted(p.name for p in target.iterdir()) == ["Diving48_V2_train.json"]
+    assert sorted(p.name for p in target.iterdir()) == ["Diving48_V2_train.json", "generated.json"]
     assert (target / "Diving48_V2_train.json").read_text() == "[]\n"
     assert leftovers(tmp_path) == []
 
 
-def test_real_dataset_is_checked_not_written(tmp_path):
-    (tmp_path / "Diving48_V2_train.json").write_text(
-        '[{"vid_name": "a", "label": 0, "start_frame": 0, "end_frame": 9}]'
-    )
-    (tmp_path / "Diving48_V2_test.json").write_text("[]")
-    out = prepare("--set", "data.dataset=diving48", "--set", f"data.root={tmp_path}")
-    assert out.returncode == 0, out.stderr
-    assert "1 train and 0 test clips" in out.stdout
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["Diving48_V2_test.json", "Diving48_V2_train.json"]
-    (tmp_path / "Diving48_V2_test.json").write_text(
-        '[{"vid_name": "../x", "label": 0, "start_frame": 0, "end_frame": 9}]'
-    )
-    bad = prepare("--set", "data.dataset=diving48", "--set", f"data.root={tmp_path}")
-    assert bad.returncode == 2
-    assert "Diving48_V2_test.json: entry 0: vid_name '../x' escapes the data root" in bad.stderr
-    assert len(bad.stderr.strip().splitlines()) == 1
+def test_a_folder_it_did_not_make_is_never_replaced(tmp_path):
+    """A real data set at --out (no generated.json) is refused with one line and left as it was."""
+    (tmp_path / "Diving48_V2_train.json").write_text('[{"vid_name": "a", "label": 0}]')
+    (tmp_path / "rgb").mkdir()
+    (tmp_path / "rgb" / "a.mp4").write_bytes(b"the user's video")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    out = prepare(*SMALL, "--out", str(tmp_path))
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"error: {tmp_path}: not a generated benchmark (no generated.json); prepare replaces only a folder it made"
+    ]
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert not [p for p in tmp_path.parent.iterdir() if p.name.startswith(f".{tmp_path.name}.")]

@@ -28,6 +28,7 @@ OUTPUTS = {
     "ablation.csv",
     "ablation.md",
     "comparisons.csv",
+    "curves.csv",
     "learning_curves.png",
     "mca_ci.png",
     "runs.csv",

@@ -35,6 +35,10 @@ def test_train_then_evaluate(workdir, variant):
         "metrics.json",
         "per_class.csv",
         "plots/confusion.png",
+        "predictions.csv",
+        "cost.json",
+        "environment.json",
+        "tracking.json",
     ):
         assert (run / name).stat().st_size > 0, name
     metrics = json.loads((run / "metrics.json").read_text())
@@ -63,6 +67,11 @@ def test_train_then_evaluate(workdir, variant):
     assert found.data.metrics["test/top1"] == pytest.approx(metrics["test/top1"])
     artifacts = {a.path for a in client.list_artifacts(found.info.run_id)}
     assert {"metrics.json", "model.pt", "config.yaml", "plots", "learning_curves.png"} <= artifacts
+    assert found.data.tags["env.cpu_capability"] == "AVX2" and found.data.tags["env.setting.portable"] == "true"
+
+    # evaluation settings are not training settings: the trained model evaluates under new ones
+    stage(workdir, "pipeline.evaluate", "--variant", variant, "--seed", "0", "--set", "eval.batch_size=3")
+    assert json.loads((run / "metrics.json").read_text())["test/top1"] == metrics["test/top1"]
 
 
 def test_same_seed_gives_byte_identical_metrics(workdir):
@@ -154,7 +163,7 @@ def test_checkpoint_of_another_config_is_refused_and_kept(workdir):
     from dsts.config import load_config
 
     cfg = load_config(workdir / "params.yaml", variant="static", seed=0, overrides=["tracking.enabled=false"])
-    clash = out / "checkpoints" / f"{cfg.hash()}.pt"  # where the 2-epoch config looks for its own
+    clash = out / "checkpoints" / f"{cfg.train_hash('cpu')}.pt"  # where the 2-epoch config looks for its own
     ckpt.rename(clash)
     before = clash.read_bytes()
     proc = stage(workdir, "pipeline.train", *args, check=False)
@@ -224,7 +233,7 @@ def test_predict_prints_top5_and_neurons_and_rejects_bad_videos(workdir, tmp_pat
     out = workdir / "predict_run"
     args = ["--variant", "dsts", "--seed", "0", "--out", str(out), "--set", "tracking.enabled=false"]
     stage(workdir, "pipeline.train", *args, "--set", "train.epochs=1")
-    video = next((workdir / "data" / "rgb").glob("*.mp4"))
+    video = next((workdir / "data" / "generated" / "rgb").glob("*.mp4"))
     proc = stage(workdir, "pipeline.predict", str(video), *args, "--set", "train.epochs=1")
     lines = proc.stdout.strip().splitlines()
     probs = [float(line.split("%")[0]) for line in lines[1:6]]

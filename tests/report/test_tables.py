@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dsts.report.load import ReportError, load_runs
-from dsts.report.tables import build_report, summary
+from dsts.report.tables import build_report, summary, wide_curve
 from dsts.stats import one_sample_test, paired_test, summarize
 from tests.report.fakes import LAYERS, fake_metrics, write_fake_runs, write_run
 
@@ -156,3 +156,16 @@ def test_bad_levels(tmp_path):
         build_report(runs, ["dsts"], [0], alpha=1.5)
     with pytest.raises(ReportError, match="power: 0.0 must lie"):
         build_report(runs, ["dsts"], [0], power=0.0)
+
+
+def test_wide_curve_is_one_column_per_variant_of_the_seed_means(tmp_path):
+    variants, seeds = ("baseline", "dsts"), (0, 1)
+    write_fake_runs(tmp_path, variants, seeds)
+    runs = load_runs(tmp_path, variants, seeds)
+    wide = wide_curve(build_report(runs, variants, seeds))
+    assert list(wide.columns) == ["epoch", "baseline", "dsts"]
+    for variant in variants:
+        mine = [r for r in runs if r.variant == variant]
+        for _, row in wide.iterrows():
+            values = [h["test/top1"] for r in mine for h in r.history if h["epoch"] == row["epoch"]]
+            assert row[variant] == pytest.approx(sum(values) / len(values))

@@ -107,4 +107,4 @@ def test_environments_are_listed_and_a_mix_is_warned(tmp_path):
     report = build_report(load_runs(tmp_path, variants, seeds), variants, seeds)
     text = render_markdown(report)
     assert text.count("trained in 2 different environments") == 2  # at the top and under Reproducibility
-    assert row(text, "1", "dsts/seed1", "Xeon", "AVX512", "2")
+    assert row(text, "1", "dsts/seed1", "Xeon", "?", "AVX512", "2")  # cpu_id not recorded here

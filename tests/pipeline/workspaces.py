@@ -1,0 +1,126 @@
+"""DVC workspaces for the end-to-end tests: a git repository holding this checkout's code with a
+tiny profile merged into params.yaml, a ``dvc`` runner, and data sets in the real formats."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from dsts.data.dives import class_specs
+from dsts.data.generate import encode_mp4
+from dsts.data.render import render_clip
+from pipeline.smoke import make_copy
+
+# Two variants, one seed, clips of 4 frames at 32x32, one epoch: a whole `dvc repro` in about a minute.
+TINY_GRID = {
+    "variants": ["baseline", "dsts"],
+    "seeds": [0],
+    "report": {"confusion_run": "dsts/seed0"},
+    "data": {
+        "num_frames": 4,
+        "resize": 32,
+        "crop": 32,
+        "generate": {"clips_per_class_train": 2, "clips_per_class_test": 1, "frames": 8, "size": 32},
+    },
+    "train": {"epochs": 1, "batch_size": 4, "device": "cpu"},
+}
+
+
+def env_for(workspace: Path) -> dict[str, str]:
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", MLFLOW_TRACKING_URI=f"sqlite:///{workspace / 'mlflow.db'}")
+    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t.invalid", GIT_COMMITTER_NAME="t")
+    env["GIT_COMMITTER_EMAIL"] = "t@t.invalid"
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("PYTHONPATH", None)  # stages import the workspace's own copy of the code
+    return env
+
+
+def run(workspace: Path, *cmd: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        list(cmd), cwd=workspace, env=env_for(workspace), capture_output=True, text=True, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
+    return proc
+
+
+def dvc(workspace: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    return run(workspace, "dvc", *args, check=check, timeout=timeout)
+
+
+def make_workspace(dest: Path, profile: dict) -> Path:
+    """A git repository (one commit) with this checkout's code and ``profile`` merged into params.yaml."""
+    profile_file = dest.parent / f"{dest.name}.profile.yaml"
+    profile_file.write_text(yaml.safe_dump(profile))
+    make_copy(dest, profile_file)
+    return dest
+
+
+def set_params(workspace: Path, **dotted) -> None:
+    """Change dotted keys of the workspace's params.yaml."""
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    for key, value in dotted.items():
+        node = params
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def digest(root: Path) -> dict[str, str]:
+    """sha256 of every file below ``root``, by relative path (also the mtime-independent identity)."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _clips(classes: int, per_class: int, split: int) -> list[tuple[int, object]]:
+    specs = class_specs(2 * ((classes + 1) // 2))[:classes]
+    return [
+        (spec.label, render_clip(spec, (7, split, spec.label, k), 8, 32))
+        for spec in specs
+        for k in range(per_class)
+    ]
+
+
+def write_diving48(root: Path, classes: int = 3, train: int = 3, test: int = 1) -> Path:
+    """A Diving48 V2 folder: ``rgb/<vid_name>.mp4`` and the two annotation lists, nothing else."""
+    for split, per_class, split_id in (("train", train, 0), ("test", test, 1)):
+        listing = []
+        for i, (label, frames) in enumerate(_clips(classes, per_class, split_id)):
+            name = f"{split}_{i:03d}"
+            encode_mp4(frames, _mkdir(root / "rgb") / f"{name}.mp4")
+            listing.append({"vid_name": name, "label": label, "start_frame": 0, "end_frame": len(frames)})
+        (root / f"Diving48_V2_{split}.json").write_text(json.dumps(listing))
+    return root
+
+
+def write_finegym(root: Path, classes: int = 3, train: int = 3, test: int = 1) -> Path:
+    """FineGym trimmed element clips ``<ytid>_E_<s>_<e>_A_<s>_<e>.mp4`` and the two element lists."""
+    for list_name, per_class, split_id in (
+        ("gym99_train_element_v1.1.txt", train, 0),
+        ("gym99_val_element.txt", test, 1),
+    ):
+        lines = []
+        for i, (label, frames) in enumerate(_clips(classes, per_class, split_id)):
+            name = f"vid{split_id}{i:03d}_E_{i:06d}_{i + 9:06d}_A_{i:04d}_{i + 3:04d}"
+            encode_mp4(frames, _mkdir(root) / f"{name}.mp4")
+            lines.append(f"{name} {label}")
+        (root / list_name).write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
