@@ -67,7 +67,9 @@ def test_train_then_evaluate(workdir, variant):
     assert found.data.metrics["test/top1"] == pytest.approx(metrics["test/top1"])
     artifacts = {a.path for a in client.list_artifacts(found.info.run_id)}
     assert {"metrics.json", "model.pt", "config.yaml", "plots", "learning_curves.png"} <= artifacts
-    assert found.data.tags["env.cpu_capability"] == "AVX2" and found.data.tags["env.setting.portable"] == "true"
+    assert (
+        found.data.tags["env.cpu_capability"] == "AVX2" and found.data.tags["env.setting.portable"] == "true"
+    )
 
     # evaluation settings are not training settings: the trained model evaluates under new ones
     stage(workdir, "pipeline.evaluate", "--variant", variant, "--seed", "0", "--set", "eval.batch_size=3")
