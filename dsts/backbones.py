@@ -60,23 +60,27 @@ def _torchvision(name: str) -> nn.Module:
 
 
 class VideoResNetTrunk(nn.Module):
-    """torchvision's ``r3d_18``/``mc3_18``/``r2plus1d_18`` up to ``layer4`` (no pooling, no fc):
-    ``(B, 3, T, H, W) -> (B, 512, T/8, H/16, W/16)``; ``mc3_18`` keeps ``T`` (its layers 2 to 4 are
-    2D convs with stride ``(1, 2, 2)``)."""
+    """torchvision's ``r3d_18``/``mc3_18``/``r2plus1d_18`` up to ``layer4`` (no pooling, no fc), then a
+    BatchNorm: ``(B, 3, T, H, W) -> (B, 512, T/8, H/16, W/16)``; ``mc3_18`` keeps ``T`` (its layers 2
+    to 4 are 2D convs with stride ``(1, 2, 2)``).
+
+    ``layer4`` ends with a ReLU, so its features share a large positive mode; the BatchNorm centres
+    each channel, as small3d's last block does, so that the DSTS spikes depend on the clip
+    (docs/method.md, section 3). Pretrained weights load into ``body`` (torchvision's own names);
+    the BatchNorm starts at ``(1, 0)``."""
 
     out_channels = 512
 
     def __init__(self, name: str) -> None:
         super().__init__()
         full = _torchvision(name)
-        self.stem = full.stem
-        self.layer1 = full.layer1
-        self.layer2 = full.layer2
-        self.layer3 = full.layer3
-        self.layer4 = full.layer4
+        self.body = nn.Sequential()
+        for part in ("stem", "layer1", "layer2", "layer3", "layer4"):
+            self.body.add_module(part, getattr(full, part))
+        self.norm = nn.BatchNorm3d(self.out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+        return self.norm(self.body(x))
 
 
 def load_weights(module: nn.Module, path: str | Path, ignore_prefixes: tuple[str, ...] = ()) -> None:
@@ -121,12 +125,12 @@ def build_backbone(name: str, pretrained: str | Path | None = None) -> nn.Module
     file may be the whole classifier's ``state_dict`` (its ``fc.*`` keys are ignored)."""
     if name == "small3d":
         backbone: nn.Module = Small3D()
-        ignore: tuple[str, ...] = ()
+        target, ignore = backbone, ()
     elif name in TORCHVISION_BACKBONES:
         backbone = VideoResNetTrunk(name)
-        ignore = ("fc.",)
+        target, ignore = backbone.body, ("fc.",)
     else:
         raise DSTSError(f"unknown backbone {name!r} (one of {', '.join(BACKBONES)})")
     if pretrained is not None:
-        load_weights(backbone, pretrained, ignore)
+        load_weights(target, pretrained, ignore)
     return backbone

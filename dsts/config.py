@@ -71,7 +71,7 @@ class DSTSConfig:
     num_neurons: int = 4
     specialization: Literal["st", "3d"] = "st"
     routing: Literal["dense", "sparse"] = "sparse"  # docs/routing.md
-    tau: float = 1000.0  # selection logits v / tau (docs/method.md, section 2.2)
+    tau: float = 1.0  # the temperature of the dimensionless selection logits (docs/routing.md)
     gate_noise_std: float = 1.0
     gate_noise: Literal["normal", "truncated"] = "normal"
     p_hard: float = 0.5

@@ -41,8 +41,15 @@ from dsts.udl import UDLStep, split_parameters
 
 EpochCallback = Callable[[dict[str, float], int], None]
 
-# What history.csv keeps of each epoch's evaluation: accuracy, loss and the usage entropy per layer.
-HISTORY_KEYS = ("epoch", "lr", "train/", "test/top1", "test/loss", "test/mean_class", "test/layer")
+# What history.csv keeps of each epoch's evaluation (besides every train/ key): accuracy, loss and
+# the usage entropy per layer.
+MONITORED = ("top1", "loss", "mean_class_accuracy", "usage_entropy", "usage_entropy_norm")
+
+
+def _kept(key: str) -> bool:
+    if key in ("epoch", "lr") or key.startswith("train/"):
+        return True
+    return key.startswith("test/") and key.endswith(MONITORED)
 
 
 class NonFiniteLoss(DSTSError):
@@ -214,8 +221,10 @@ class Trainer:
         rank: int = 0,
         world_size: int = 1,
         device: torch.device | None = None,
+        routing_stats: bool = True,
     ):
         self.cfg, self.out_dir = cfg, Path(out_dir)
+        self.routing_stats = routing_stats  # the training-time routing of metrics.TrainingRouting
         self.on_epoch, self.run_id = on_epoch, run_id
         self.rank, self.world_size = rank, world_size
         self.device = (
@@ -363,11 +372,7 @@ class Trainer:
                         "test/",
                     )
                 )
-            row = {
-                k: v
-                for k, v in row.items()
-                if k.startswith(HISTORY_KEYS) and ("usage_entropy" in k or "/layer" not in k)
-            }
+            row = {k: v for k, v in row.items() if _kept(k)}
             history.append(row)
             if self.rank == 0:
                 self._save(model, optimizers, schedulers, epoch + 1, history)
@@ -397,6 +402,8 @@ class Trainer:
         device, cfg = self.device, self.cfg
         sums: dict[str, float] = {}
         seen = 0
+        layers = list(model.dsts.layers) if model.dsts is not None and self.routing_stats else []
+        routing = M.TrainingRouting(len(layers), layers[0].num_neurons) if layers else None
         val_iter = iter(data.val_loader) if self._needs_second_batch() else None
         train_iter = iter(data.train_loader)
         steps = data.batches.num_batches()
@@ -423,11 +430,16 @@ class Trainer:
                     )
                 sums[name] = sums.get(name, 0.0) + value * len(y)
             seen += len(y)
+            if routing is not None:  # what the last forward recorded (UDL: step 3's)
+                routing.update(
+                    [layer.last_probs for layer in layers], model.dsts.last_selection, model.dsts.last_gates
+                )
             for sch in schedulers:
                 sch.step()
             bar.update()
         bar.close()
-        return {f"train/{k}": v / max(1, seen) for k, v in sums.items()}
+        out = {f"train/{k}": v / max(1, seen) for k, v in sums.items()}
+        return out if routing is None else {**out, **routing.result("train/")}
 
     def _joint_step(self, model, optimizers, x, y) -> dict[str, float]:
         for o in optimizers:

@@ -23,10 +23,12 @@ Routing = Literal["dense", "sparse"]
 
 # Chosen by measurement: docs/routing.md.
 DEFAULT_ROUTING: Routing = "sparse"
-DEFAULT_TAU = 1000.0
+DEFAULT_TAU = 1.0
 DEFAULT_SCORE_INIT_STD = 0.1
 
 BN_EPS = 1e-5
+# delta of the selection logits' scale: far below |s(x)|^2 / |x|^2, which is about 1 or more
+SCALE_FLOOR = 1e-6
 BN_MOMENTUM = 0.1
 
 # BatchNorm statistics: from the routed samples (training), from the whole batch (relaxed
@@ -57,11 +59,11 @@ def _full_precision(z: Tensor) -> Tensor:
 class DSTSLayer(nn.Module):
     """``N`` specialized neurons over ``C`` channels; maps ``(B, C, T, H, W)`` to the same shape.
 
-    Per sample: spikes ``v = spikes(x)``; selection ``h`` over the logits ``v / tau`` (hard
-    Gumbel-Softmax at temperature 1 with straight-through gradient in training, so the choice
-    samples ``softmax(v / tau)``; argmax of ``v`` in evaluation; ``softmax(v / tau)`` in relaxed
-    mode). ``tau`` divides the spike, a sum over ``C * T * H * W`` terms, before any noise, so it alone
-    sets how peaked the selection is (docs/method.md, section 2.2); the active
+    Per sample: spikes ``v = spikes(x)``; selection ``h`` over the dimensionless selection logits
+    (:meth:`selection_logits`: ``v`` over a scale common to the sample's neurons, over ``tau``; a
+    hard Gumbel-Softmax at temperature 1 with straight-through gradient in training, so the choice
+    samples :meth:`selection_probs`; their argmax, that of ``v``, in evaluation; their softmax in
+    relaxed mode; docs/method.md, section 2.2). The active
     neuron ``a`` gates each channel to its spatial (``b = 0``) or temporal (``b = 1``) operator by
     Improved Semhash, then ``ReLU(BN(S(X_S))) + ReLU(BN(T(X_T)))`` and the fusion conv; the output
     is ``h_a * f_a(x)``.
@@ -114,6 +116,7 @@ class DSTSLayer(nn.Module):
         self.generator: torch.Generator | None = None
         self.last_selection: Tensor | None = None
         self.last_gates: Tensor | None = None
+        self.last_probs: Tensor | None = None  # training: softmax of the selection logits (detached)
 
         n, c = num_neurons, channels
         self.score_weight = nn.Parameter(torch.empty(n, c, c))
@@ -145,7 +148,8 @@ class DSTSLayer(nn.Module):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Operators as ``nn.Conv3d`` would initialise them; scoring kernels ``N(0, score_init_std^2)``
-        (with ``tau``, sets the spread of ``v / tau`` at initialisation); gates ``N(0, 0.1^2)``
+        (the selection logits do not depend on their scale, only the size of an optimizer's step
+        relative to them does); gates ``N(0, 0.1^2)``
         (an unbiased random spatial/temporal split in evaluation); BatchNorm ``(1, 0)``."""
         self.score_weight.normal_(0.0, self.score_init_std)
         ops = ("spatial_weight", "temporal_weight") if self.specialization == "st" else ("conv3d_weight",)
@@ -171,14 +175,44 @@ class DSTSLayer(nn.Module):
         )
 
     # ----------------------------------------------------------------------------------- spikes
+    def _synapse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(s(x) (B, C), w (N, C))``: the input summed over its positions and each scoring kernel
+        summed over its output channels, in float32 at least and outside autocast (a sum of
+        ``T*H*W`` terms is not for bf16)."""
+        work = torch.float64 if x.dtype == torch.float64 else torch.float32
+        with torch.autocast(x.device.type, enabled=False):
+            return x.to(work).sum(dim=(2, 3, 4)), self.score_weight.to(work).sum(dim=1)
+
     def spikes(self, x: Tensor) -> Tensor:
         """``v (B, N)``: the sum of every element of ``m_i(x)``, by the exact identity
         ``v_i = (sum_o m_i[o]) . (sum_p x[:, :, p])`` (a dot product instead of a conv per neuron)."""
-        work = torch.float64 if x.dtype == torch.float64 else torch.float32
-        with torch.autocast(x.device.type, enabled=False):  # a sum of T*H*W terms: not in bf16
-            pooled = x.to(work).sum(dim=(2, 3, 4))  # (B, C)
-            kernels = self.score_weight.to(work).sum(dim=1)  # (N, C_in): summed over output channels
+        pooled, kernels = self._synapse(x)
+        with torch.autocast(x.device.type, enabled=False):
             return pooled @ kernels.t()
+
+    def selection_logits(self, x: Tensor) -> Tensor:
+        """``(B, N)``: the spikes over a positive scale common to a sample's neurons, and over ``tau``
+        (docs/method.md, section 2.2): ``v_i sqrt(C) / (nu(x) rms_i |w_i| tau)`` with
+        ``nu(x)^2 = |s(x)|^2 + delta |x|^2``. The scale makes the logits dimensionless (free of the
+        clip size, the channel count and the scale of the features and kernels), so one ``tau`` means
+        the same on every backbone; being common to the neurons, it leaves the argmax, the neuron
+        evaluation selects, that of the spikes. ``delta`` keeps the scale away from zero when the
+        position sum cancels, so the logits stay smooth."""
+        pooled, kernels = self._synapse(x)
+        work = pooled.dtype
+        with torch.autocast(x.device.type, enabled=False):
+            v = pooled @ kernels.t()
+            tiny = torch.finfo(work).tiny
+            energy = x.to(work).square().sum(dim=(1, 2, 3, 4)).unsqueeze(1)
+            nu = (pooled.square().sum(dim=1, keepdim=True) + SCALE_FLOOR * energy + tiny).sqrt()
+            kernel_rms = (kernels.square().sum(dim=1).mean() + tiny).sqrt()
+            return v * math.sqrt(self.channels) / (nu * kernel_rms * self.tau)
+
+    def selection_probs(self, x: Tensor) -> Tensor:
+        """``(B, N)``: the distribution the hard choice samples in training, ``softmax`` of the
+        selection logits, before any Gumbel noise is drawn (no random number is drawn here). Its
+        argmax is the neuron evaluation selects."""
+        return torch.softmax(self.selection_logits(x), dim=-1)
 
     # ---------------------------------------------------------------------------------- forward
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -186,22 +220,22 @@ class DSTSLayer(nn.Module):
             raise ValueError(f"DSTSLayer: expected (B, {self.channels}, T, H, W), got {tuple(x.shape)}")
         gen = generator if generator is not None else self.generator
         batch, n = x.shape[0], self.num_neurons
-        v = self.spikes(x)
+        logits = self.selection_logits(x)
         gates: Tensor | None = None  # (B, N, C) decisions, per sample and neuron
+        self.last_probs = None
         if self.relaxed:
-            h = gumbel_select(v / self.tau, 1.0, hard=False, noise=False)  # softmax(v / tau)
+            h = gumbel_select(logits, 1.0, hard=False, noise=False)  # softmax of the logits
             selection = h.detach().argmax(dim=-1)
             if self.specialization == "st":
                 gates = saturating_sigmoid(self.gate).unsqueeze(0).expand(batch, n, self.channels)
             out = self._dense(x, h, gates, selection, "batch" if self.training else "running")
         else:
-            if self.training:
-                # the selection logits are v / tau: the hard choice samples softmax(v / tau)
-                h = gumbel_select(
-                    v / self.tau, 1.0, hard=True, gumbels=gumbel_noise((batch, n), v.dtype, v.device, gen)
-                )
+            if self.training:  # the hard choice samples softmax(logits)
+                noise = gumbel_noise((batch, n), logits.dtype, logits.device, gen)
+                h = gumbel_select(logits, 1.0, hard=True, gumbels=noise)
+                self.last_probs = torch.softmax(logits.detach(), dim=-1)  # for the routing statistics
             else:
-                h = gumbel_select(v, 1.0, hard=True, noise=False)
+                h = gumbel_select(logits, 1.0, hard=True, noise=False)  # the argmax
             selection = h.detach().argmax(dim=-1)
             if self.specialization == "st":
                 logits = self.gate.unsqueeze(0).expand(batch, n, self.channels)

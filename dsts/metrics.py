@@ -35,6 +35,7 @@ from dsts.errors import DSTSError
 
 __all__ = [
     "MetricsError",
+    "TrainingRouting",
     "accuracy_stats",
     "class_neuron_usage",
     "collapse_warnings",
@@ -389,3 +390,62 @@ def collapse_warnings(stats: dict[str, float]) -> list[str]:
         else:
             lines.append(f"{prefix}layer{j}: routing collapsed onto one neuron")
     return lines
+
+
+# ----------------------------------------------------------------------------------------------
+# training-time routing
+
+
+class TrainingRouting:
+    """How a DSTS module routes while it trains, accumulated over an epoch, per layer ``j``:
+
+    - ``layer{j}/selection_entropy_norm``: the mean over training samples of the entropy of the
+      distribution the hard choice samples (``DSTSLayer.selection_probs``), over ``log N``;
+    - ``layer{j}/argmax_agreement``: the share of samples whose sampled neuron is the argmax of the
+      spikes (the neuron evaluation would choose);
+    - ``layer{j}/usage_entropy_norm`` and ``layer{j}/max_usage``: the spread of the sampled neurons
+      over the epoch (entropy over ``log N``; the largest share);
+    - ``layer{j}/temporal_fraction``: the mean gate value the active neuron applied (1 chooses the
+      temporal operator; hard entries are bits, soft ones fractions).
+
+    Undefined values are NaN: with ``N = 1`` there is no spread, and ``3d`` neurons have no gates.
+    It only reads what the forward recorded, so it draws no random number and changes nothing.
+    """
+
+    def __init__(self, num_layers: int, num_neurons: int) -> None:
+        self.num_layers, self.num_neurons = num_layers, num_neurons
+        self.samples = 0
+        self.entropy = np.zeros(num_layers)
+        self.agree = np.zeros(num_layers)
+        self.gates = np.zeros(num_layers)
+        self.gated = 0
+        self.counts = np.zeros((num_layers, num_neurons), dtype=np.int64)
+
+    def update(self, probs: Sequence[Any], selection: Any, gates: Any = None) -> None:
+        """One forward: ``probs`` per layer ``(B, N)``, ``selection (B, L)``, ``gates (B, L, C)``."""
+        sel = _int_array(selection, "selection", 2)
+        for j, p in enumerate(probs):
+            p = _to_numpy(p, "probs")
+            logs = np.log(np.clip(p, np.finfo(np.float64).tiny, None))
+            self.entropy[j] += float(-(p * logs).sum())
+            self.agree[j] += int((p.argmax(axis=1) == sel[:, j]).sum())
+            self.counts[j] += np.bincount(sel[:, j], minlength=self.num_neurons)
+        if gates is not None:
+            g = _to_numpy(gates, "gates")
+            self.gates += g.mean(axis=2).sum(axis=0)
+            self.gated += g.shape[0]
+        self.samples += sel.shape[0]
+
+    def result(self, prefix: str = "") -> dict[str, float]:
+        out: dict[str, float] = {}
+        n, log_n = max(self.samples, 1), math.log(self.num_neurons) if self.num_neurons > 1 else math.nan
+        for j in range(self.num_layers):
+            usage = self.counts[j] / max(self.counts[j].sum(), 1)
+            used = usage[usage > 0]
+            key = f"{prefix}layer{j}/"
+            out[key + "selection_entropy_norm"] = self.entropy[j] / n / log_n
+            out[key + "argmax_agreement"] = self.agree[j] / n
+            out[key + "usage_entropy_norm"] = float(-(used * np.log(used)).sum()) / log_n
+            out[key + "max_usage"] = float(usage.max())
+            out[key + "temporal_fraction"] = self.gates[j] / self.gated if self.gated else math.nan
+        return out

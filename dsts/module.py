@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dsts.estimators import GateNoise
@@ -20,16 +21,16 @@ from dsts.layers import (
 
 
 class DSTS(nn.Module):
-    """Dynamic Spatio-Temporal Specialization: ``x + layers(x)`` on ``(B, C, T, H, W)``
-    (docs/method.md, sections 2 to 4).
+    """Dynamic Spatio-Temporal Specialization: ``x + layers(x)`` on ``(B, C, T, H, W)``, with a
+    BatchNorm between consecutive layers (docs/method.md, sections 2 to 4).
 
-    The selection logits are ``v / tau``: training samples ``softmax(v / tau)`` by a hard
-    Gumbel-Softmax, relaxed mode uses ``softmax(v / tau)``, evaluation the argmax of ``v``. The
-    defaults of ``tau``, ``score_init_std`` and ``routing`` were chosen by measurement
-    (docs/routing.md): ``tau`` and the scoring kernels' initial scale keep the training-time
-    choice from saturating at initialisation, where a saturated softmax would pass almost no
-    straight-through gradient to the scoring kernels, and ``tau`` keeps one Adam step of the
-    upstream parameters from collapsing the routing onto one neuron.
+    Each layer's selection logits are its spikes over a scale common to a sample's neurons, over
+    ``tau`` (:meth:`DSTSLayer.selection_logits`): training samples their softmax by a hard
+    Gumbel-Softmax, relaxed mode uses their softmax, evaluation their argmax (that of the spikes).
+    Being dimensionless, one ``tau`` means the same on every backbone and channel count. The defaults
+    of ``tau`` and ``routing`` were chosen by measurement (docs/routing.md): ``tau`` keeps the
+    training-time choice between a coin toss (no specialization) and a saturated softmax (almost no
+    straight-through gradient to the scoring kernels).
 
     ``generator`` (None: the global CPU RNG) feeds every layer's Gumbel and Semhash draws.
     After each forward: ``last_selection (B, L)`` (long) and ``last_gates (B, L, C)`` (the gate
@@ -69,6 +70,9 @@ class DSTS(nn.Module):
             )
             for _ in range(num_layers)
         )
+        # Between layers, a BatchNorm centres each channel, so that the next layer's spikes carry no
+        # mode common to every clip (docs/method.md, section 3): a fusion output is W z + b with z >= 0.
+        self.norms = nn.ModuleList(nn.BatchNorm3d(channels) for _ in range(num_layers - 1))
         self.generator: torch.Generator | None = None
         self.last_selection: Tensor | None = None
         self.last_gates: Tensor | None = None
@@ -77,7 +81,9 @@ class DSTS(nn.Module):
         y = x
         selections: list[Tensor] = []
         gates: list[Tensor] = []
-        for layer in self.layers:
+        for j, layer in enumerate(self.layers):
+            if j > 0:
+                y = self._between(j - 1, y)
             y = layer(y, generator=self.generator)
             selections.append(layer.last_selection)
             if layer.last_gates is not None:
@@ -85,6 +91,14 @@ class DSTS(nn.Module):
         self.last_selection = torch.stack(selections, dim=1)
         self.last_gates = torch.stack(gates, dim=1) if gates else None
         return x + y
+
+    def _between(self, j: int, y: Tensor) -> Tensor:
+        """The BatchNorm after layer ``j``; in relaxed training mode it normalises with the batch's
+        statistics and leaves the running ones alone, as the neurons' BatchNorms do there."""
+        norm = self.norms[j]
+        if self.training and self.layers[j + 1].relaxed:
+            return F.batch_norm(y, None, None, norm.weight, norm.bias, True, 0.0, norm.eps)
+        return norm(y)
 
     def set_p_hard(self, value: float) -> None:
         """Set every layer's share of hard Semhash entries (see :func:`p_hard_schedule`)."""

@@ -65,7 +65,10 @@ def test_torchvision_trunk_has_the_classifier_weights_minus_fc():
     full = mc3_18(weights=None)
     trunk = VideoResNetTrunk("mc3_18")
     expected = {k for k in full.state_dict() if not k.startswith("fc.")}
-    assert set(trunk.state_dict()) == expected
+    assert set(trunk.body.state_dict()) == expected
+    assert set(trunk.state_dict()) - {f"body.{k}" for k in expected} == {
+        f"norm.{k}" for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    }
 
 
 def test_a_torchvision_classifier_state_dict_loads_from_a_local_file(tmp_path):
@@ -76,7 +79,7 @@ def test_a_torchvision_classifier_state_dict_loads_from_a_local_file(tmp_path):
     path = tmp_path / "mc3_18_kinetics.pth"
     torch.save(full.state_dict(), path)
     trunk = build_backbone("mc3_18", str(path))
-    for key, value in trunk.state_dict().items():
+    for key, value in trunk.body.state_dict().items():
         assert torch.equal(value, full.state_dict()[key]), key
 
 

@@ -34,8 +34,9 @@ class Tiny(nn.Module):
 
     def __init__(self, channels: int = 3, layers: int = 1, neurons: int = 2, classes: int = 3):
         super().__init__()
+        # ends at BatchNorm, as every backbone of the library does: the DSTS input is centred
         self.backbone = nn.Sequential(
-            nn.Conv3d(3, channels, 3, padding=1, bias=False), nn.BatchNorm3d(channels), nn.ReLU()
+            nn.Conv3d(3, channels, 3, padding=1, bias=False), nn.BatchNorm3d(channels)
         )
         self.dsts = dsts.DSTS(channels, layers, neurons, tau=1.0, score_init_std=0.3)
         self.head = nn.Linear(channels, classes)

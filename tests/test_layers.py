@@ -82,6 +82,16 @@ def literal_spikes(layer: DSTSLayer, x: torch.Tensor) -> torch.Tensor:
     )
 
 
+def literal_logits(layer: DSTSLayer, x: torch.Tensor) -> torch.Tensor:
+    """The selection logits from their definition (docs/method.md, section 2.2): the literal spikes
+    times ``sqrt(C)`` over the norm of the position sum, the RMS of the summed kernels' norms and tau."""
+    pooled = x.sum(dim=(2, 3, 4))
+    kernels = layer.score_weight.sum(dim=1)
+    rms = torch.sqrt(torch.mean(torch.stack([torch.dot(k, k) for k in kernels])))
+    nu = torch.sqrt(torch.stack([torch.dot(p, p) + 1e-6 * (xi * xi).sum() for p, xi in zip(pooled, x)]))
+    return literal_spikes(layer, x) * layer.channels**0.5 / (nu.unsqueeze(1) * rms * layer.tau)
+
+
 def reference(
     layer: DSTSLayer,
     x: torch.Tensor,
@@ -263,7 +273,7 @@ def test_hard_forward_gradients_and_running_stats_match_the_per_neuron_reference
 @settings(max_examples=expensive(40, 10))
 @given(dims, st.booleans())
 def test_relaxed_mode_is_the_soft_dense_reference(d, training):
-    """Relaxed: ``sum_i softmax(v / tau)_i f_i(x)`` with saturating-sigmoid gates without noise;
+    """Relaxed: ``sum_i softmax(logits)_i f_i(x)`` with saturating-sigmoid gates without noise;
     BatchNorm on the whole batch without touching the running statistics (training) or with them
     (evaluation); no random draw."""
     if training and d["b"] * d["t"] * d["h"] * d["w"] == 1:
@@ -278,7 +288,7 @@ def test_relaxed_mode_is_the_soft_dense_reference(d, training):
     assert torch.equal(torch.get_rng_state(), state)
     for name, buf in layer.named_buffers():
         assert torch.equal(buf, before[name]), name
-    weights = torch.softmax(literal_spikes(layer, x) / 0.7, -1)
+    weights = torch.softmax(literal_logits(layer, x), -1)
     gates = None
     if d["spec"] == "st":
         soft = torch.clamp(1.2 * torch.sigmoid(layer.gate) - 0.1, 0, 1)
@@ -322,35 +332,53 @@ def test_training_dense_and_sparse_agree_under_the_same_seed(d):
 
 
 @settings(max_examples=expensive(40, 10))
-@given(dims, st.sampled_from(["dense", "sparse"]), st.floats(0.05, 50.0))
-def test_the_selection_logits_are_the_spikes_over_tau(d, routing, tau):
-    """A layer at temperature ``tau`` is the layer at temperature 1 whose scoring kernels are divided
-    by ``tau``: in training the same selection and forward under the same draws, the same gradient
-    for every other parameter, and (chain rule) a scoring-kernel gradient divided by ``tau``; in
-    evaluation the argmax of the same spikes. A temperature applied to the Gumbel-perturbed logits
-    instead (``softmax((v + G) / tau)``) fails all of these."""
-    hot = make_layer(d["c"], d["n"], d["spec"], routing, seed=d["seed"], tau=tau)
-    cold = copy.deepcopy(hot)
-    cold.tau = 1.0
-    with torch.no_grad():
-        cold.score_weight.div_(tau)
+@given(dims, st.floats(0.05, 50.0), st.floats(1e-3, 1e3), st.floats(1e-3, 1e3))
+def test_the_selection_logits_are_dimensionless_spikes_over_tau(d, tau, feature_scale, kernel_scale):
+    """The logits are their definition (the literal spikes over a scale common to a sample's
+    neurons, over tau); scaling the features or every kernel changes nothing; the temperature
+    divides them; their softmax is selection_probs and their argmax the spikes' argmax, the neuron
+    evaluation selects."""
+    layer = make_layer(d["c"], d["n"], d["spec"], "dense", seed=d["seed"], tau=tau)
     x = inputs(d)
-    y_hot, y_cold = _run(hot.train(), x, d["seed"]), _run(cold.train(), x, d["seed"])
-    assert torch.equal(hot.last_selection, cold.last_selection)
-    torch.testing.assert_close(y_hot, y_cold, rtol=1e-10, atol=1e-12)
-    probe = torch.randn(y_hot.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    (y_hot * probe).sum().backward()
-    (y_cold * probe).sum().backward()
-    for (name, a), (_, b) in zip(hot.named_parameters(), cold.named_parameters(), strict=True):
-        expected = b.grad / tau if name == "score_weight" else b.grad
-        torch.testing.assert_close(a.grad, expected, rtol=1e-8, atol=1e-12, msg=name)
-    hot.eval()(x)
-    assert torch.equal(hot.last_selection, hot.spikes(x).argmax(-1))
+    logits = layer.selection_logits(x)
+    torch.testing.assert_close(logits, literal_logits(layer, x), rtol=1e-9, atol=1e-9)
+    scaled = copy.deepcopy(layer)
+    with torch.no_grad():
+        scaled.score_weight.mul_(kernel_scale)
+    torch.testing.assert_close(scaled.selection_logits(x * feature_scale), logits, rtol=1e-9, atol=1e-9)
+    scaled.tau = 1.0
+    torch.testing.assert_close(scaled.selection_logits(x) / tau, logits, rtol=1e-9, atol=1e-9)
+    probs = layer.selection_probs(x)
+    torch.testing.assert_close(probs, torch.softmax(literal_logits(layer, x), -1), rtol=1e-9, atol=1e-12)
+    layer.eval()(x)
+    spikes = literal_spikes(layer, x)
+    assert torch.equal(layer.last_selection, probs.argmax(-1))
+    clear = (spikes.topk(min(2, d["n"]), -1).values.diff(dim=-1).abs() > 1e-9).all(-1) if d["n"] > 1 else True
+    assert torch.equal(layer.last_selection[clear], spikes.argmax(-1)[clear])
 
 
-def test_the_straight_through_gradient_is_that_of_softmax_of_v_over_tau_plus_g():
-    """Dense training: the spikes' gradient is the gradient of the soft sample
-    ``softmax(v / tau + G)`` (the replayed draw) against each neuron's output."""
+def test_the_hard_choice_samples_selection_probs():
+    """Over many independent Gumbel draws, how often each neuron is chosen matches selection_probs
+    (a chi-square test at a fixed seed; a wrong temperature or a sign error is far off)."""
+    layer = make_layer(4, 4, "3d", "dense", seed=2, tau=1.0).train()
+    x = torch.randn(1, 4, 2, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    probs = layer.selection_probs(x)[0]
+    draws = 4000
+    gen = torch.Generator().manual_seed(11)
+    counts = torch.zeros(4, dtype=torch.float64)
+    for _ in range(draws // 100):
+        layer(x.expand(100, -1, -1, -1, -1), generator=gen)
+        counts += torch.bincount(layer.last_selection, minlength=4)
+    expected = draws * probs.detach()
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 16.3  # the 0.999 quantile of chi-square with 3 degrees of freedom
+    assert probs.max() < 0.7 and probs.min() > 0.05  # a case where the whole distribution matters
+    torch.testing.assert_close(layer.last_probs[0], probs.detach())
+
+
+def test_the_straight_through_gradient_is_that_of_softmax_of_the_logits_plus_g():
+    """Dense training: the scoring kernels' gradient is the gradient of the soft sample
+    ``softmax(logits + G)`` (the replayed draw) against each neuron's output."""
     layer = make_layer(3, 4, "3d", "dense", seed=8, tau=3.0).train()
     x = torch.randn(6, 3, 2, 3, 3, dtype=torch.float64)
     probe = torch.randn(6, 3, 2, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -369,8 +397,10 @@ def test_the_straight_through_gradient_is_that_of_softmax_of_v_over_tau_plus_g()
             dim=1,
         )
     score = layer.score_weight.detach().clone().requires_grad_()
-    v = x.sum(dim=(2, 3, 4)) @ score.sum(dim=1).t()
-    soft = torch.softmax(v / 3.0 + gumbels, -1)
+    pooled, kernels = x.sum(dim=(2, 3, 4)), score.sum(dim=1)
+    nu = (pooled.square().sum(1, keepdim=True) + 1e-6 * x.square().sum(dim=(1, 2, 3, 4)).unsqueeze(1)).sqrt()
+    scale = nu * kernels.square().sum(1).mean().sqrt() / 3**0.5
+    soft = torch.softmax((pooled @ kernels.t()) / (scale * 3.0) + gumbels, -1)
     weights = hard + soft - soft.detach()
     ref = (weights.view(6, 4, 1, 1, 1, 1) * outputs).sum(1)
     (expected,) = torch.autograd.grad((ref * probe).sum(), score)
@@ -461,8 +491,8 @@ def test_gate_zero_ignores_the_temporal_operator_and_gate_one_the_spatial(routin
 
 
 def test_randomness_contract_gumbel_then_semhash_noise_then_mask():
-    """With a generator, the selection is argmax(v / tau + G) for the first (B, N) draw (it samples
-    softmax(v / tau)), and the gates are Semhash with the next (B, N, C) noise and (B, N, C) mask, in
+    """With a generator, the selection is argmax(logits + G) for the first (B, N) draw (it samples
+    softmax(logits)), and the gates are Semhash with the next (B, N, C) noise and (B, N, C) mask, in
     both routings; the global RNG is not touched."""
     x = torch.randn(7, 4, 2, 3, 3, dtype=torch.float64)
     for routing in ("dense", "sparse"):
@@ -471,9 +501,10 @@ def test_randomness_contract_gumbel_then_semhash_noise_then_mask():
         layer(x, generator=torch.Generator().manual_seed(21))
         assert torch.equal(torch.get_rng_state(), state)
         gumbels, gates = replay_draws(layer, 7, 21)
-        expected = (layer.spikes(x) / 4.0 + gumbels).argmax(-1)
-        # the case discriminates: temperature-1 logits (v + G) would pick otherwise
+        expected = (literal_logits(layer, x) + gumbels).argmax(-1)
+        # the case discriminates: the raw spikes (v + G) or temperature 1 would pick otherwise
         assert not torch.equal(expected, (layer.spikes(x) + gumbels).argmax(-1))
+        assert not torch.equal(expected, (4.0 * literal_logits(layer, x) + gumbels).argmax(-1))
         assert torch.equal(layer.last_selection, expected)
         assert torch.equal(layer.last_gates, gates[torch.arange(7), expected])
         layer.generator = torch.Generator().manual_seed(21)  # the attribute works the same way

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from dsts.metrics import (
     MetricsError,
+    TrainingRouting,
     accuracy_stats,
     class_neuron_usage,
     collapse_warnings,
@@ -518,3 +519,50 @@ def test_bad_input_is_one_line_naming_the_problem(call, message):
     text = str(info.value)
     assert message in text and "\n" not in text
     assert isinstance(info.value, ValueError)
+
+
+def test_training_routing_against_literal_loops():
+    routing = TrainingRouting(num_layers=2, num_neurons=3)
+    batches = [
+        (
+            [
+                torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]]),
+                torch.tensor([[1 / 3, 1 / 3, 1 / 3], [0.5, 0.5, 0.0]]),
+            ],
+            torch.tensor([[0, 1], [1, 0]]),
+            torch.tensor([[[1.0, 0.0], [0.5, 0.5]], [[0.0, 0.0], [1.0, 1.0]]]),
+        ),
+        (
+            [torch.tensor([[0.2, 0.6, 0.2]]), torch.tensor([[0.0, 0.0, 1.0]])],
+            torch.tensor([[1, 2]]),
+            torch.tensor([[[1.0, 1.0], [0.0, 1.0]]]),
+        ),
+    ]
+    for probs, selection, gates in batches:
+        routing.update(probs, selection, gates)
+    got = routing.result("train/")
+
+    def entropy(p):
+        return -sum(x * math.log(x) for x in p if x > 0)
+
+    log3 = math.log(3)
+    rows0 = [[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.2, 0.6, 0.2]]
+    rows1 = [[1 / 3] * 3, [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]
+    assert got["train/layer0/selection_entropy_norm"] == pytest.approx(sum(map(entropy, rows0)) / 3 / log3)
+    assert got["train/layer1/selection_entropy_norm"] == pytest.approx(sum(map(entropy, rows1)) / 3 / log3)
+    # sampled 0, 1, 1 in layer 0 (argmax 0, 2, 1): two agree; layer 1 sampled 1, 0, 2 (argmax 0, 0, 2)
+    assert got["train/layer0/argmax_agreement"] == pytest.approx(2 / 3)
+    assert got["train/layer1/argmax_agreement"] == pytest.approx(2 / 3)
+    assert got["train/layer0/max_usage"] == pytest.approx(2 / 3)
+    assert got["train/layer0/usage_entropy_norm"] == pytest.approx(entropy([1 / 3, 2 / 3]) / log3)
+    assert got["train/layer1/usage_entropy_norm"] == pytest.approx(1.0)
+    assert got["train/layer0/temporal_fraction"] == pytest.approx((0.5 + 0.0 + 1.0) / 3)
+    assert got["train/layer1/temporal_fraction"] == pytest.approx((0.5 + 1.0 + 0.5) / 3)
+
+
+def test_training_routing_is_undefined_without_spread_or_gates():
+    routing = TrainingRouting(num_layers=1, num_neurons=1)
+    routing.update([torch.ones(4, 1)], torch.zeros(4, 1, dtype=torch.long), None)
+    got = routing.result()
+    assert math.isnan(got["layer0/selection_entropy_norm"]) and math.isnan(got["layer0/usage_entropy_norm"])
+    assert math.isnan(got["layer0/temporal_fraction"]) and got["layer0/max_usage"] == 1.0

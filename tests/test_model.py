@@ -136,14 +136,14 @@ def test_split_parameters_on_the_model(kw):
 
 def test_the_selection_is_not_saturated_at_initialisation():
     """On the CPU default shapes (small3d features of a normalized random clip, N = 4), the mean
-    entropy of softmax(v / tau) at initialisation is well above a saturated one's, and every neuron
+    entropy of selection_probs at initialisation is well above a saturated one's, and every neuron
     gets samples from the hard Gumbel selection."""
     torch.manual_seed(0)
     model = build_model(config(), num_classes=10).train()
     with torch.no_grad():
         features = model.backbone(torch.randn(16, 3, 8, 56, 56))
         layer = model.dsts.layers[0]
-        probs = torch.softmax(layer.spikes(features) / layer.tau, -1)
+        probs = layer.selection_probs(features)
         entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1).mean().item()
         assert entropy > 0.5 * math.log(4)
         model.dsts(features.repeat(8, 1, 1, 1, 1))
@@ -165,8 +165,8 @@ def test_evaluation_routing_has_no_common_mode_at_initialisation():
 
 
 def test_default_adamw_steps_do_not_collapse_the_routing():
-    """The point of ``tau``: at the default AdamW learning rate for the upstream parameters, a few
-    dozen steps on random clips leave softmax(v / tau) far from one-hot and the hard selection on
+    """At the default AdamW learning rate for the upstream parameters, a few dozen steps on random
+    clips leave selection_probs far from one-hot and the hard selection on
     several neurons in every layer."""
     from dsts.udl import split_parameters
 
@@ -192,6 +192,6 @@ def test_default_adamw_steps_do_not_collapse_the_routing():
         for opt in opts:
             opt.step()
     for j, layer in enumerate(model.dsts.layers):
-        probs = torch.softmax(layer.spikes(inputs[j]) / layer.tau, -1)
+        probs = layer.selection_probs(inputs[j])
         entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1).mean().item()
         assert entropy > 0.3 * math.log(4), j

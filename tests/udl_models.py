@@ -44,10 +44,9 @@ class Tiny(nn.Module):
         super().__init__()
         # pinned here, so that these properties do not move with the library's defaults
         dsts_kwargs = {"tau": 1.0, "score_init_std": 0.1, **dsts_kwargs}
+        # ends at BatchNorm, as every backbone of the library does: the DSTS input is centred
         self.backbone = nn.Sequential(
-            nn.Conv3d(in_ch, channels, 3, padding=1, bias=False),
-            nn.BatchNorm3d(channels),
-            nn.ReLU(inplace=True),
+            nn.Conv3d(in_ch, channels, 3, padding=1, bias=False), nn.BatchNorm3d(channels)
         )
         self.dsts = dsts.DSTS(channels, layers, neurons, **dsts_kwargs)
         self.head = nn.Linear(channels, classes)

@@ -11,10 +11,21 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
+from dsts.config import load_config
+from dsts.engine import Trainer
 from tests.pipeline.e2e import ROOT, stage
 
 pytestmark = pytest.mark.slow
+
+ROUTING_KEYS = (
+    "selection_entropy_norm",
+    "argmax_agreement",
+    "usage_entropy_norm",
+    "max_usage",
+    "temporal_fraction",
+)
 
 
 def outputs(run: Path) -> dict[str, bytes]:
@@ -162,8 +173,6 @@ def test_checkpoint_of_another_config_is_refused_and_kept(workdir):
     args = ["--variant", "static", "--seed", "0", "--out", str(out), "--set", "tracking.enabled=false"]
     stage(workdir, "pipeline.train", *args, "--set", "train.epochs=1")
     (ckpt,) = (out / "checkpoints").iterdir()  # trained with train.epochs=1
-    from dsts.config import load_config
-
     cfg = load_config(workdir / "params.yaml", variant="static", seed=0, overrides=["tracking.enabled=false"])
     clash = out / "checkpoints" / f"{cfg.train_hash('cpu')}.pt"  # where the 2-epoch config looks for its own
     ckpt.rename(clash)
@@ -248,3 +257,23 @@ def test_predict_prints_top5_and_neurons_and_rejects_bad_videos(workdir, tmp_pat
         assert (
             proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and str(path) in proc.stderr
         )
+
+
+def test_routing_statistics_are_logged_and_change_nothing(workdir):
+    """The training-time routing keys are in history.csv for a DSTS variant, and collecting them draws
+    no random number: the same seed trains the same weights and epoch metrics without them."""
+    cfg = load_config(
+        workdir / "params.yaml", variant="dsts_udl", seed=0, overrides=["tracking.enabled=false"]
+    )
+    with_stats = Trainer(cfg, workdir / "stats_on").fit()
+    without = Trainer(cfg, workdir / "stats_off", routing_stats=False).fit()
+    keys = [f"train/layer{j}/{k}" for j in range(2) for k in ROUTING_KEYS]
+    for row, plain in zip(with_stats.history, without.history, strict=True):
+        assert set(keys) <= set(row) and not set(keys) & set(plain)
+        assert {k: v for k, v in row.items() if k not in keys} == plain
+        assert 0.0 <= row["train/layer0/argmax_agreement"] <= 1.0
+        assert 0.0 < row["train/layer0/selection_entropy_norm"] <= 1.0
+    for (name, a), (_, b) in zip(
+        with_stats.model.state_dict().items(), without.model.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
