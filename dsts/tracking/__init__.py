@@ -39,7 +39,7 @@ from dsts.config import Config  # noqa: E402
 
 T = TypeVar("T")
 
-CODE_ROOT = Path(__file__).resolve().parents[1]
+CODE_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds dsts/ and pipeline/
 ARTIFACTS = "mlartifacts"  # beside mlflow.db
 RUN, STUDY = "run", "study"  # values of the run_kind tag
 
