@@ -349,7 +349,8 @@ class Tracker:
         """The evaluation's numbers under their ``metrics.json`` names, at the step after the last
         epoch, so that no per-epoch point of the history is overwritten; ``skip``: keys that are
         copies of the history's last row."""
-        kept = {k: v for k, v in metrics.items() if k not in set(skip)}
+        skipped = set(skip)
+        kept = {k: v for k, v in metrics.items() if k not in skipped}
         _log_metrics(self.client, self.run_id, kept, self.cfg.train.epochs + 1)
 
     def log_data(self, splits: Mapping[str, str]) -> None:
@@ -383,9 +384,9 @@ class Tracker:
     def run(self, run_id: str | None = None) -> Iterator[Tracker]:
         """Open (or continue) the run; an exception marks it FAILED, Ctrl-C marks it KILLED."""
         self.start(run_id)
-        monitor = self._system_metrics()
-        status = "FINISHED"
+        monitor, status = None, "FINISHED"
         try:
+            monitor = self._system_metrics()
             yield self
         except KeyboardInterrupt:
             status = "KILLED"
