@@ -116,8 +116,10 @@ def relocate_artifacts(uri: str) -> dict[str, tuple[str, str]]:
     with contextlib.closing(sqlite3.connect(db, timeout=60)) as con:
         try:
             rows = con.execute("SELECT experiment_id, artifact_location FROM experiments").fetchall()
-        except sqlite3.OperationalError:  # not an MLflow store yet
-            return {}
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):  # not an MLflow store yet
+                return {}
+            raise  # "database is locked": the caller retries
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         for experiment_id, old in rows:
             old = (old or "").rstrip("/")
