@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from dsts.tracking import relocate_artifacts, store_lock, tracking_uri
+from dsts.tracking import relocate_artifacts, retry, store_lock, tracking_uri
 from pipeline._cli import run
 
 
@@ -24,7 +24,7 @@ def main() -> int:
     args = parser.parse_args()
     uri = args.uri or tracking_uri()
     with store_lock(uri):
-        moved = relocate_artifacts(uri)
+        moved = retry(lambda: relocate_artifacts(uri))
     for experiment_id, (old, new) in sorted(moved.items()):
         print(f"experiment {experiment_id}: artifacts {old} -> {new}")
     return 0
