@@ -63,7 +63,9 @@ lint: setup
 	ruff check dsts pipeline tests
 	ruff format --check dsts pipeline tests
 
+# A moved or copied workspace: point the store's artifact locations back at ./mlartifacts first.
 ui: setup
+	python -m pipeline.relocate_mlflow --uri sqlite:///$(CURDIR)/mlflow.db
 	mlflow ui --host $(HOST) --port $(PORT) --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
 
 # A shared tracking server for several trainers (torchrun ranks, DVC queue workers, machines).
@@ -73,6 +75,7 @@ MLFLOW_BACKEND ?= sqlite:///$(CURDIR)/mlflow.db
 MLFLOW_ARTIFACTS ?= $(CURDIR)/mlartifacts
 MLFLOW_WORKERS ?= 1
 mlflow-server: setup
+	python -m pipeline.relocate_mlflow --uri "$(MLFLOW_BACKEND)"
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false} \
 	mlflow server --host $(HOST) --port $(PORT) --workers $(MLFLOW_WORKERS) \
 	  --backend-store-uri "$(MLFLOW_BACKEND)" --artifacts-destination "$(MLFLOW_ARTIFACTS)"

@@ -77,7 +77,9 @@ def main() -> int:
         tracker = Tracker(cfg, saved["config_hash"])
         run_id = json.loads(out.tracking.read_text()).get("run_id") if out.tracking.is_file() else None
         with tracker.run(run_id or None) as t:
-            t.log_metrics(metrics, step=cfg.train.epochs)
+            t.log_data({"test": "evaluation"})
+            # after the last epoch, without the train/* numbers copied from the history's last row
+            t.log_evaluation(metrics, skip=[k for k in last if k.startswith("train/")])
             t.log_artifact(out.metrics)
             t.log_artifact(out.cost)
             t.log_artifact(out.per_class)

@@ -8,13 +8,19 @@ clip), ``runs.csv``, ``comparisons.csv``, ``specialization.csv``, ``summary.json
 ``dvc metrics``; no timings) and the figures ``top1_ci.png``, ``mca_ci.png``,
 ``learning_curves.png`` and ``specialization.png``. A missing or malformed run file is one error
 line (exit 2) and nothing is written.
+
+Then, unless ``tracking.enabled`` is false or no run folder names an MLflow run, it creates or
+updates the MLflow study run of this params state (dsts/tracking/study.py): the summary's numbers
+as metrics, these files as artifacts, and a ``study`` tag on every run it summarizes.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from dsts.report import ALPHA, POWER, REFERENCES, make_report
+from dsts.report import ALPHA, OUTPUTS, POWER, REFERENCES, make_report, summary
+from dsts.tracking.study import log_study
 from pipeline._cli import run
 
 
@@ -45,6 +51,16 @@ def main() -> int:
     references = [r.strip() for r in args.references.split(",") if r.strip()]
     report = make_report(args.runs, args.params, args.out, references, args.alpha, args.power)
     print(f"report: {len(report.variants)} variants x {len(report.seeds)} seeds -> {args.out}/ablation.md")
+    settings = {"references": ",".join(references), "alpha": args.alpha, "power": args.power}
+    outputs = [Path(args.out) / name for name in OUTPUTS]
+    study = log_study(
+        args.params, report.variants, report.seeds, settings, summary(report), outputs, args.runs
+    )
+    if study is not None:
+        missing = f"; not in this store: {', '.join(study.missing)}" if study.missing else ""
+        print(
+            f"MLflow study {study.key} ({study.name}): run {study.run_id}, {len(study.linked)} runs{missing}"
+        )
     return 0
 
 

@@ -77,6 +77,7 @@ def main() -> int:
             return 0
         with tracker.run(trainer.run_id) as t:
             trainer.run_id = t.run_id
+            t.log_data({"train": "training"})
             timing = train()
             t.log_metrics({f"timing/{k}": v for k, v in timing.items()}, step=cfg.train.epochs)
             t.set_tags({f"env.{k}": v for k, v in fingerprint(cfg.train.portable, cfg.train.threads).items()})

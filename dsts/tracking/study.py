@@ -1,0 +1,172 @@
+"""The study run: one per params state, that the report stage creates or updates (part of the MLflow
+glue of ``dsts/tracking``; the report stage calls :func:`log_study`).
+
+Its key is a hash of what decides the study's numbers (:func:`study_state`); the (variant, seed)
+runs it summarizes carry that key in their ``study`` tag. docs/tracking.md lists every key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dsts.config import EVALUATE_KEYS, Config, load_config, select
+from dsts.runs import run_folder
+from dsts.tracking import (
+    STUDY,
+    _listing,
+    _log_data,
+    _log_metrics,
+    _log_params,
+    _set_tags,
+    ablation_tags,
+    code_state,
+    dvc_tags,
+    open_experiment,
+    retry,
+    source_tags,
+)
+
+__all__ = ["StudyRun", "log_study", "study_state"]
+
+
+@dataclass
+class StudyRun:
+    """What :func:`log_study` did: the study run, its key, and the (variant, seed) runs it links."""
+
+    run_id: str
+    key: str
+    name: str
+    linked: dict[str, str] = field(default_factory=dict)  # "variant/seedS" -> run id
+    missing: list[str] = field(default_factory=list)  # "variant/seedS" without a run in the store
+
+
+def study_state(
+    params: str | Path, variants: Sequence[str], seeds: Sequence[int], settings: Mapping[str, Any]
+) -> tuple[str, dict[str, str], dict[str, Config]]:
+    """``(key, params, configs)`` of a study. The key is a hash of what decides its numbers: the
+    variants and seeds, the report's ``settings`` (references, alpha, power) and each variant's
+    evaluation settings (``dsts.config.EVALUATE_KEYS`` less the seed). Params: ``study.*``, the
+    settings every variant shares under their usual names, and the others as ``<variant>/<key>``."""
+    configs = {v: load_config(params, variant=v, seed=seeds[0]) for v in variants}
+    resolved = {}
+    for variant, cfg in configs.items():
+        values = {k: v for k, v in select(cfg.flat(), EVALUATE_KEYS).items() if k != "train.seed"}
+        resolved[variant] = {**values, **ablation_tags(cfg)}
+    state = {"variants": list(variants), "seeds": list(seeds), "settings": dict(settings), **resolved}
+    key = hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    first = resolved[variants[0]]
+    shared = {k: v for k, v in first.items() if all(resolved[o].get(k) == v for o in variants)}
+    out = {"study.variants": ",".join(variants), "study.seeds": ",".join(map(str, seeds))}
+    out.update({f"study.{k}": str(v) for k, v in settings.items()})
+    out.update({k: str(v) for k, v in shared.items()})
+    for variant in variants:
+        out.update({f"{variant}/{k}": str(v) for k, v in resolved[variant].items() if k not in shared})
+    return key, out, configs
+
+
+def _member_ids(runs_dir: str | Path, variants: Sequence[str], seeds: Sequence[int]) -> dict[str, str]:
+    """``{"variant/seedS": run id}`` from each run folder's ``tracking.json`` (the train stage's)."""
+    ids = {}
+    for variant in variants:
+        for seed in seeds:
+            file = run_folder(variant, seed, runs_dir).tracking
+            try:
+                run_id = json.loads(file.read_text()).get("run_id") if file.is_file() else None
+            except (OSError, ValueError, AttributeError):
+                run_id = None
+            if run_id:
+                ids[f"{variant}/seed{seed}"] = str(run_id)
+    return ids
+
+
+def _studies(tags: Mapping[str, str]) -> set[str]:
+    return {k for k in tags.get("study", "").split(",") if k}
+
+
+def log_study(
+    params: str | Path,
+    variants: Sequence[str],
+    seeds: Sequence[int],
+    settings: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    artifacts: Sequence[str | Path],
+    runs_dir: str | Path = "runs",
+) -> StudyRun | None:
+    """Create or update the study run of this params state: its params, ``metrics`` (the report's
+    summary, at step 0), ``artifacts`` (the report's files), tags, and the ``study`` tag of every
+    (variant, seed) run it summarizes (a comma-separated list of study keys, since one run can
+    belong to several studies); runs that no longer belong to it lose its key. None when
+    ``tracking.enabled`` is false or no run folder names an MLflow run (nothing to link)."""
+    key, study_params, configs = study_state(params, variants, seeds, settings)
+    cfg = configs[variants[0]]
+    members = _member_ids(runs_dir, variants, seeds)
+    if not cfg.tracking.enabled or not members:
+        return None
+    _, client, experiment_id = open_experiment(cfg)
+    state = commit, dirty, paths = code_state()
+    exp_name = os.environ.get("DVC_EXP_NAME")
+    query = f"tags.run_kind = '{STUDY}' and tags.study = '{key}'"
+    found = retry(lambda: client.search_runs([experiment_id], query, max_results=1))
+    if found:
+        run_id, name = found[0].info.run_id, exp_name or found[0].info.run_name
+        retry(lambda: client.update_run(run_id, status="RUNNING", name=name))
+    else:
+        name = exp_name or f"study-{key}"
+        tags = {"run_kind": STUDY, "study": key, **source_tags(state)}
+        run_id = retry(lambda: client.create_run(experiment_id, run_name=name, tags=tags)).info.run_id
+    _log_params(client, run_id, study_params)  # the same values again on an update: MLflow accepts that
+    result = StudyRun(run_id, key, name)
+    try:
+        for label, member in members.items():
+            try:
+                run = retry(lambda m=member: client.get_run(m))
+            except Exception:  # trained against another store
+                result.missing.append(label)
+                continue
+            if key not in _studies(run.data.tags):
+                joined = ",".join(sorted(_studies(run.data.tags) | {key}))
+                retry(lambda m=member, j=joined: client.set_tag(m, "study", j))
+            result.linked[label] = member
+        stale = retry(
+            lambda: client.search_runs([experiment_id], f"tags.study LIKE '%{key}%'", max_results=10000)
+        )
+        for run in stale:
+            if run.info.run_id == run_id or run.info.run_id in result.linked.values():
+                continue
+            rest = ",".join(sorted(_studies(run.data.tags) - {key}))
+            if rest:
+                retry(lambda r=run, j=rest: client.set_tag(r.info.run_id, "study", j))
+            else:
+                retry(lambda r=run: client.delete_tag(r.info.run_id, "study"))
+        _log_metrics(client, run_id, metrics, 0)
+        for path in artifacts:
+            if Path(path).is_file():
+                retry(lambda p=path: client.log_artifact(run_id, str(p)))
+        _log_data(client, run_id, cfg, {"train": "training", "test": "evaluation"})
+        note = (
+            f"Ablation study of {len(variants)} variants x {len(seeds)} seeds ({', '.join(variants)}).\n\n"
+            f"Its runs: search `tags.study LIKE '%{key}%' and tags.run_kind = 'run'`, group by `variant`. "
+            "The report: artifacts `ablation.md`, the CSVs and figures; metrics as in `summary.json`."
+        )
+        tags = {
+            "study_name": name,
+            "study_runs": str(len(result.linked)),
+            "study_missing": _listing(result.missing) or "none",
+            "mlflow.note.content": note,
+            **dvc_tags(),
+        }
+        tags.update({"git_commit.report": commit, "git_dirty.report": dirty})
+        if dirty == "true":
+            tags.update(git_dirty="true", git_dirty_paths=_listing(paths))
+        _set_tags(client, run_id, tags)
+    except BaseException:
+        retry(lambda: client.set_terminated(run_id, status="FAILED"))
+        raise
+    retry(lambda: client.set_terminated(run_id, status="FINISHED"))
+    return result
