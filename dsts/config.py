@@ -139,6 +139,7 @@ class EvalConfig:
 class TrackingConfig:
     enabled: bool = True
     experiment: str = ""  # empty: one experiment per dataset, named after it
+    system_metrics: bool = False  # MLflow's CPU, memory and disk metrics of each run
 
 
 @dataclass

@@ -200,11 +200,11 @@ def source_tags(state: tuple[str, str, list[str]]) -> dict[str, str]:
         "mlflow.source.type": "LOCAL",
     }
     if paths:
-        tags["git_dirty_paths"] = _listing(paths)
+        tags["git_dirty_paths"] = listing(paths)
     return tags
 
 
-def _listing(items: Sequence[str], limit: int = 20) -> str:
+def listing(items: Sequence[str], limit: int = 20) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
@@ -224,14 +224,14 @@ def ablation_tags(cfg: Config) -> dict[str, str]:
     }
 
 
-def _log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
     items = [Param(k, "null" if v is None else str(v)) for k, v in sorted(params.items())]
     for i in range(0, len(items), 100):
         batch = items[i : i + 100]
         retry(lambda b=batch: client.log_batch(run_id, params=b))
 
 
-def _log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, Any], step: int) -> None:
+def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, Any], step: int) -> None:
     now = int(time.time() * 1000)
     items = [
         Metric(key, float(value), now, step)
@@ -243,17 +243,17 @@ def _log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, Any], 
         retry(lambda b=batch: client.log_batch(run_id, metrics=b))
 
 
-def _set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
+def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
     items = [RunTag(k, str(v)) for k, v in sorted(tags.items())]
     retry(lambda: client.log_batch(run_id, tags=items))
 
 
-def _log_data(client: MlflowClient, run_id: str, cfg: Config, splits: Mapping[str, str]) -> None:
+def log_data(client: MlflowClient, run_id: str, cfg: Config, splits: Mapping[str, str]) -> None:
     """What ``mlflow.log_input`` logs, for each ``{split: context}``: a dataset named
     ``<dataset>/<split>`` whose digest is the data's DVC md5 (dsts/provenance.py) and whose source
     is ``data.root`` as the params give it; the md5 and where it came from are also tags."""
     md5, origin = provenance.data_md5(Path.cwd(), cfg.data.root)
-    _set_tags(client, run_id, {"data_md5": md5 or "none", "data_md5_source": origin})
+    set_tags(client, run_id, {"data_md5": md5 or "none", "data_md5_source": origin})
     if md5 is None:
         return
     source = json.dumps({"uri": str(cfg.data.root)})
@@ -337,15 +337,15 @@ class Tracker:
             self.run_id = run_id
             retry(lambda: self.client.update_run(run_id, status="RUNNING"))
             if dirty == "true":
-                per_stage.update(git_dirty="true", git_dirty_paths=_listing(paths))
+                per_stage.update(git_dirty="true", git_dirty_paths=listing(paths))
             self.set_tags({**self.tags(), **per_stage})
         return self.run_id
 
     def log_params(self, params: dict[str, Any]) -> None:
-        _log_params(self.client, self.run_id, params)
+        log_params(self.client, self.run_id, params)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        _log_metrics(self.client, self.run_id, metrics, step or 0)
+        log_metrics(self.client, self.run_id, metrics, step or 0)
 
     def log_evaluation(self, metrics: dict[str, float], skip: Sequence[str] = ()) -> None:
         """The evaluation's numbers under their ``metrics.json`` names, at the step after the last
@@ -353,17 +353,17 @@ class Tracker:
         copies of the history's last row."""
         skipped = set(skip)
         kept = {k: v for k, v in metrics.items() if k not in skipped}
-        _log_metrics(self.client, self.run_id, kept, self.cfg.train.epochs + 1)
+        log_metrics(self.client, self.run_id, kept, self.cfg.train.epochs + 1)
 
     def log_data(self, splits: Mapping[str, str]) -> None:
-        """``{split: context}``, e.g. ``{"train": "training"}``: see :func:`_log_data`."""
-        _log_data(self.client, self.run_id, self.cfg, splits)
+        """``{split: context}``, e.g. ``{"train": "training"}``: see :func:`log_data`."""
+        log_data(self.client, self.run_id, self.cfg, splits)
 
     def set_tag(self, key: str, value: str) -> None:
         retry(lambda: self.client.set_tag(self.run_id, key, value))
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        _set_tags(self.client, self.run_id, tags)
+        set_tags(self.client, self.run_id, tags)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))

@@ -19,16 +19,16 @@ from dsts.config import EVALUATE_KEYS, Config, load_config, select
 from dsts.runs import run_folder
 from dsts.tracking import (
     STUDY,
-    _listing,
-    _log_data,
-    _log_metrics,
-    _log_params,
-    _set_tags,
     ablation_tags,
     code_state,
     dvc_tags,
+    listing,
+    log_data,
+    log_metrics,
+    log_params,
     open_experiment,
     retry,
+    set_tags,
     source_tags,
 )
 
@@ -120,7 +120,7 @@ def log_study(
         name = exp_name or f"study-{key}"
         tags = {"run_kind": STUDY, "study": key, **source_tags(state)}
         run_id = retry(lambda: client.create_run(experiment_id, run_name=name, tags=tags)).info.run_id
-    _log_params(client, run_id, study_params)  # the same values again on an update: MLflow accepts that
+    log_params(client, run_id, study_params)  # the same values again on an update: MLflow accepts that
     result = StudyRun(run_id, key, name)
     try:
         for label, member in members.items():
@@ -144,11 +144,11 @@ def log_study(
                 retry(lambda r=run, j=rest: client.set_tag(r.info.run_id, "study", j))
             else:
                 retry(lambda r=run: client.delete_tag(r.info.run_id, "study"))
-        _log_metrics(client, run_id, metrics, 0)
+        log_metrics(client, run_id, metrics, 0)
         for path in artifacts:
             if Path(path).is_file():
                 retry(lambda p=path: client.log_artifact(run_id, str(p)))
-        _log_data(client, run_id, cfg, {"train": "training", "test": "evaluation"})
+        log_data(client, run_id, cfg, {"train": "training", "test": "evaluation"})
         note = (
             f"Ablation study of {len(variants)} variants x {len(seeds)} seeds ({', '.join(variants)}).\n\n"
             f"Its runs: search `tags.study LIKE '%{key}%' and tags.run_kind = 'run'`, group by `variant`. "
@@ -157,14 +157,14 @@ def log_study(
         tags = {
             "study_name": name,
             "study_runs": str(len(result.linked)),
-            "study_missing": _listing(result.missing) or "none",
+            "study_missing": listing(result.missing) or "none",
             "mlflow.note.content": note,
             **dvc_tags(),
         }
         tags.update({"git_commit.report": commit, "git_dirty.report": dirty})
         if dirty == "true":
-            tags.update(git_dirty="true", git_dirty_paths=_listing(paths))
-        _set_tags(client, run_id, tags)
+            tags.update(git_dirty="true", git_dirty_paths=listing(paths))
+        set_tags(client, run_id, tags)
     except BaseException:
         retry(lambda: client.set_terminated(run_id, status="FAILED"))
         raise

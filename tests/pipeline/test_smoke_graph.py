@@ -69,7 +69,7 @@ def test_mlflow_holds_one_run_per_variant_and_seed_matching_the_metrics(smoke_co
     params = yaml.safe_load((smoke_copy / "params.yaml").read_text())
     client = MlflowClient(f"sqlite:///{smoke_copy / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("dsts-bench-generated")
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    runs = client.search_runs([experiment.experiment_id], "tags.run_kind = 'run'", max_results=1000)
     keys = sorted((r.data.tags["variant"], int(r.data.tags["seed"])) for r in runs)
     assert keys == sorted((v, s) for v in params["variants"] for s in params["seeds"])
     for run in runs:
