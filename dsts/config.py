@@ -35,6 +35,7 @@ class GenerateConfig:
 
     classes: int = 16  # even, 2 to 16: two classes per group of coarse attributes
     clips_per_class_train: int = 96
+    clips_per_class_val: int = 24  # the validation split: model selection and monitoring
     clips_per_class_test: int = 24
     frames: int = 16
     size: int = 64
@@ -49,6 +50,10 @@ class DataConfig:
     finegym_train_list: str = "gym99_train_element_v1.1.txt"
     finegym_test_list: str = "gym99_val_element.txt"
     num_classes: int = 0  # 0: infer from the annotation (vocab or largest label + 1)
+    # Without a val list (Diving48, FineGym): a seeded class-stratified share of the training list
+    # held out for validation; 0 trains on all of it (final runs) and monitors nothing.
+    val_fraction: float = 0.1
+    shuffle_frames: bool = False  # the `shuffled` control: a fixed permutation of each clip's frames
     num_frames: int = 8
     sampling: Literal["segment", "dense"] = "segment"
     dense_stride: int = 2
@@ -185,6 +190,8 @@ TRAIN_KEYS: tuple[str, ...] = (
     "data.root",
     "data.finegym_train_list",
     "data.num_classes",
+    "data.val_fraction",
+    "data.shuffle_frames",
     "data.num_frames",
     "data.sampling",
     "data.dense_stride",
@@ -353,6 +360,7 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("udl.fd_eps", lambda v: v > 0, "> 0"),
     ("data.num_classes", lambda v: v >= 0, ">= 0"),
     ("data.num_frames", lambda v: v >= 1, ">= 1"),
+    ("data.val_fraction", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("data.dense_stride", lambda v: v >= 1, ">= 1"),
     ("data.resize", lambda v: v >= 1, ">= 1"),
     ("data.test_clips", lambda v: v >= 1, ">= 1"),
@@ -360,6 +368,7 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("data.num_workers", lambda v: v >= 0, ">= 0"),
     ("data.generate.clips_per_class_train", lambda v: v >= 1, ">= 1"),
     ("data.generate.clips_per_class_test", lambda v: v >= 1, ">= 1"),
+    ("data.generate.clips_per_class_val", lambda v: v >= 0, ">= 0"),
     ("data.generate.classes", lambda v: 2 <= v <= 16 and v % 2 == 0, "even and in [2, 16]"),
     ("data.generate.frames", lambda v: v >= 8, ">= 8"),
     ("data.generate.size", lambda v: v >= 16 and v % 2 == 0, "even and >= 16"),

@@ -27,16 +27,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dsts import metrics as M
+from dsts import specialization as S
 from dsts.checkpoint import FORMAT, atomic_save, load_checkpoint, rng_state, set_rng_state
 from dsts.config import Config
 from dsts.data import build_dataset, build_loader
+from dsts.data.dataset import has_validation
 from dsts.data.sampling import SeededSampler
 from dsts.distributed import all_reduce_grads, all_reduce_mean
 from dsts.errors import DSTSError
 from dsts.model import build_model
 from dsts.module import p_hard_schedule
 from dsts.runs import RunFolder
-from dsts.seeding import mix_seed
+from dsts.seeding import stream_seed
 from dsts.udl import UDLStep, split_parameters
 
 EpochCallback = Callable[[dict[str, float], int], None]
@@ -49,7 +51,7 @@ MONITORED = ("top1", "loss", "mean_class_accuracy", "usage_entropy", "usage_entr
 def _kept(key: str) -> bool:
     if key in ("epoch", "lr") or key.startswith("train/"):
         return True
-    return key.startswith("test/") and key.endswith(MONITORED)
+    return key.startswith("val/") and key.endswith(MONITORED)
 
 
 class NonFiniteLoss(DSTSError):
@@ -154,13 +156,17 @@ def evaluation_metrics(
     class_cues: list | None = None,
     top_k: int = 5,
     prefix: str = "",
+    class_pairs: list | None = None,
 ) -> dict[str, float]:
-    """Accuracy, loss and (for DSTS models) the routing statistics of ``pred``, keyed ``prefix + name``;
-    undefined values are left out (JSON has no NaN)."""
+    """Accuracy, loss, the accuracy on each cue (with ``class_cues`` and ``class_pairs``:
+    :func:`dsts.metrics.cue_accuracy`) and, for DSTS models, the routing statistics of ``pred``,
+    keyed ``prefix + name``; undefined values are left out (JSON has no NaN)."""
     out: dict[str, float] = {**M.accuracy_stats(pred.scores, pred.labels, (1, top_k)), "loss": pred.loss}
+    if class_cues is not None and class_pairs is not None:
+        out.update(M.cue_accuracy(pred.scores, pred.labels, class_cues, class_pairs))
     if pred.selection is not None:
         out.update(
-            M.specialization_stats(
+            S.specialization_stats(
                 pred.selection,
                 pred.labels,
                 num_neurons=num_neurons,
@@ -193,16 +199,16 @@ class _Data:
     """The datasets, samplers and loaders of one training run."""
 
     train: torch.utils.data.Dataset
-    test: torch.utils.data.Dataset
-    val: torch.utils.data.Dataset  # D_val of UDL: the training clips under their own augmentation draws
+    meta: torch.utils.data.Dataset  # UDL's D_val: the training clips under their own augmentation draws
+    val: torch.utils.data.Dataset | None  # the validation split, monitored each epoch (None: none)
     batches: SeededSampler
-    val_batches: SeededSampler
+    meta_batches: SeededSampler
     train_loader: torch.utils.data.DataLoader
-    val_loader: torch.utils.data.DataLoader
-    test_loader: torch.utils.data.DataLoader
+    meta_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader | None
 
     def set_epoch(self, epoch: int) -> None:
-        for part in (self.batches, self.val_batches, self.train, self.val):
+        for part in (self.batches, self.meta_batches, self.train, self.meta):
             part.set_epoch(epoch)
 
 
@@ -224,7 +230,7 @@ class Trainer:
         routing_stats: bool = True,
     ):
         self.cfg, self.out_dir = cfg, Path(out_dir)
-        self.routing_stats = routing_stats  # the training-time routing of metrics.TrainingRouting
+        self.routing_stats = routing_stats  # the training-time routing of specialization.TrainingRouting
         self.on_epoch, self.run_id = on_epoch, run_id
         self.rank, self.world_size = rank, world_size
         self.device = (
@@ -238,23 +244,29 @@ class Trainer:
     # -- pieces
 
     def _data(self) -> _Data:
+        """The training split, UDL's ``D_val`` stream over it, and the validation split: monitored
+        each epoch with one centred view and the training batch size, so that the history depends on
+        the training settings only. The test split is not read here: evaluation reads it, once."""
         cfg = self.cfg
         train_ds = build_dataset(cfg.data, "train", train=True, seed=cfg.train.seed)
-        test_ds = build_dataset(cfg.data, "test", train=False, seed=cfg.train.seed)
         if len(train_ds) < cfg.train.batch_size * self.world_size:
             raise DSTSError(
                 f"train.batch_size: {cfg.train.batch_size} is larger than the training set ({len(train_ds)} clips)"
             )
         size, batch, seed = len(train_ds), cfg.train.batch_size, cfg.train.seed
-        batches = SeededSampler(size, batch, seed, 0, self.rank, self.world_size)
-        val_batches = SeededSampler(size, batch, seed, 1, self.rank, self.world_size)
-        val_ds = copy.copy(train_ds)  # a shallow copy shares the decoded cache
-        val_ds.seed = mix_seed(seed, 1) % 2**31
+        batches = SeededSampler(size, batch, seed, "batches", self.rank, self.world_size)
+        meta_batches = SeededSampler(size, batch, seed, "meta_batches", self.rank, self.world_size)
+        meta_ds = copy.copy(train_ds)  # a shallow copy shares the decoded cache
+        meta_ds.seed = stream_seed(seed, "meta_augment") % 2**31
+        val_ds = None
+        if has_validation(cfg.data):
+            one_view = dataclasses.replace(cfg.data, test_clips=1, test_crops=1)
+            val_ds = build_dataset(one_view, "val", train=False, seed=seed)
 
-        def loader(ds, sampler, batch_size, drop_last):
+        def loader(ds, sampler, drop_last):
             return build_loader(
                 ds,
-                batch_size,
+                batch,
                 sampler=sampler,
                 num_workers=cfg.data.num_workers,
                 drop_last=drop_last,
@@ -263,18 +275,18 @@ class Trainer:
 
         return _Data(
             train_ds,
-            test_ds,
+            meta_ds,
             val_ds,
             batches,
-            val_batches,
-            loader(train_ds, batches, batch, True),
-            loader(val_ds, val_batches, batch, True),
-            loader(test_ds, None, cfg.eval.batch_size, False),
+            meta_batches,
+            loader(train_ds, batches, True),
+            loader(meta_ds, meta_batches, True),
+            None if val_ds is None else loader(val_ds, None, False),
         )
 
     def _model(self, num_classes: int) -> nn.Module:
         cfg = self.cfg
-        model = build_model(cfg, num_classes=num_classes).to(self.device)
+        model = build_model(cfg, num_classes=num_classes, seed=cfg.train.seed).to(self.device)
         if self.world_size > 1:  # every rank starts from rank 0's weights
             for tensor in [*model.parameters(), *model.buffers()]:
                 dist.broadcast(tensor.data, 0)
@@ -296,7 +308,7 @@ class Trainer:
         for sch, s in zip(schedulers, state["schedulers"]):
             sch.load_state_dict(s)
         self.run_id = self.run_id or state.get("run_id") or None
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"], self.generators)
         epoch = int(state["epoch"])
         self.log(
             f"resuming {self.cfg.variant} seed {self.cfg.train.seed} from epoch {epoch} ({self.checkpoint_file})"
@@ -315,6 +327,8 @@ class Trainer:
         data = self._data()
         num_classes = data.train.num_classes
         model = self._model(num_classes)
+        self.generators = {"routing": model.dsts.generator} if model.dsts is not None else {}
+        torch.manual_seed(stream_seed(cfg.train.seed, "dropout"))  # the global RNG's only remaining use
         upstream, downstream = split_parameters(model)
         opt_up = make_optimizer(cfg, upstream.values(), cfg.train.upstream_lr)
         opt_down = make_optimizer(cfg, downstream.values(), cfg.train.lr)
@@ -355,23 +369,16 @@ class Trainer:
                 d = cfg.model.dsts
                 model.dsts.set_p_hard(p_hard_schedule(epoch, d.p_hard, d.hard_warmup_epochs))
             if self.world_size > 1:
-                # each rank draws its own Gumbel and Semhash noise; the data order (above) is shared
-                torch.manual_seed(mix_seed(cfg.train.seed, 2, self.rank, epoch))
+                # each rank draws its own Gumbel, Semhash and dropout noise; the data order is shared
+                torch.manual_seed(stream_seed(cfg.train.seed, "rank", self.rank, 2 * epoch))
+                for generator in self.generators.values():
+                    generator.manual_seed(stream_seed(cfg.train.seed, "rank", self.rank, 2 * epoch + 1))
             data.set_epoch(epoch)
             losses = self._train_epoch(model, optimizers, schedulers, udl, data, epoch, show)
             row = {"epoch": float(epoch + 1), "lr": optimizers[-1].param_groups[0]["lr"], **losses}
-            if self.rank == 0:
-                test = predict(model, data.test_loader, device, self.bf16)
-                row.update(
-                    evaluation_metrics(
-                        test,
-                        num_classes,
-                        cfg.model.dsts.num_neurons,
-                        data.test.class_cues,
-                        cfg.eval.top_k,
-                        "test/",
-                    )
-                )
+            if self.rank == 0 and data.val_loader is not None:
+                val = predict(model, data.val_loader, device, self.bf16)
+                row.update(evaluation_metrics(val, num_classes, cfg.model.dsts.num_neurons, prefix="val/"))
             row = {k: v for k, v in row.items() if _kept(k)}
             history.append(row)
             if self.rank == 0:
@@ -403,8 +410,8 @@ class Trainer:
         sums: dict[str, float] = {}
         seen = 0
         layers = list(model.dsts.layers) if model.dsts is not None and self.routing_stats else []
-        routing = M.TrainingRouting(len(layers), layers[0].num_neurons) if layers else None
-        val_iter = iter(data.val_loader) if self._needs_second_batch() else None
+        routing = S.TrainingRouting(len(layers), layers[0].num_neurons) if layers else None
+        meta_iter = iter(data.meta_loader) if self._needs_second_batch() else None
         train_iter = iter(data.train_loader)
         steps = data.batches.num_batches()
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}", leave=False, disable=not show)
@@ -412,14 +419,14 @@ class Trainer:
             t0 = time.perf_counter()
             x, y = next(train_iter)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if val_iter is not None:
-                xv, yv = next(val_iter)
+            if meta_iter is not None:
+                xv, yv = next(meta_iter)
                 xv, yv = xv.to(device, non_blocking=True), yv.to(device, non_blocking=True)
             self.data_seconds += time.perf_counter() - t0
             if udl is not None:
                 losses = udl.step((x, y), (xv, yv))
             else:
-                plan = [(x, y)] if val_iter is None else [(x, y), (xv, yv)]
+                plan = [(x, y)] if meta_iter is None else [(x, y), (xv, yv)]
                 for i in range(cfg.train.updates_per_step):
                     losses = self._joint_step(model, optimizers, *plan[i % len(plan)])
             for name, value in losses.items():
@@ -468,10 +475,10 @@ class Trainer:
                 "optimizers": [o.state_dict() for o in optimizers],
                 "schedulers": [s.state_dict() for s in schedulers],
                 "history": history,
-                "rng": rng_state(),
+                "rng": rng_state(self.generators),
                 # the data order is a pure function of (seed, stream, epoch): the D_val iterator's
                 # whole state is the epoch it starts at, and it restarts with each epoch
-                "data_state": {"train_stream": {"epoch": epoch}, "val_stream": {"epoch": epoch}},
+                "data_state": {"train_stream": {"epoch": epoch}, "meta_stream": {"epoch": epoch}},
                 "run_id": self.run_id or "",
             },
             self.checkpoint_file,

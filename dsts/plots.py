@@ -47,7 +47,7 @@ class PlotError(DSTSError, ValueError):
     """Bad input to a plot (shapes or lengths that do not match, values out of range)."""
 
 
-def _to_numpy(x: Any, name: str) -> np.ndarray:
+def to_numpy(x: Any, name: str) -> np.ndarray:
     """Tensors (any device, bf16 included) and array-likes to numpy, floats as float64. A tensor is
     known by its methods, so that the report can draw without importing torch."""
     if hasattr(x, "detach") and hasattr(x, "is_floating_point"):
@@ -128,7 +128,7 @@ def _write_cells(ax: Any, texts: Sequence[Sequence[str]], dark: np.ndarray, font
 def plot_confusion(cm: Any, class_names: Sequence[Any], path: str | os.PathLike[str]) -> Path:
     """Confusion matrix, coloured by the fraction of each true class (rows); counts written in the
     cells when there are at most 12 classes. Grey rows: classes with no sample."""
-    counts = _to_numpy(cm, "cm")
+    counts = to_numpy(cm, "cm")
     if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] == 0:
         raise PlotError(f"cm: expected a square (K, K) matrix, got shape {tuple(counts.shape)}")
     if not np.isfinite(counts).all() or (counts < 0).any():
@@ -159,9 +159,9 @@ def plot_confusion(cm: Any, class_names: Sequence[Any], path: str | os.PathLike[
 def plot_usage_heatmap(
     usage: Any, class_names: Sequence[Any], path: str | os.PathLike[str], title: str
 ) -> Path:
-    """Class x neuron routing heatmap (rows from :func:`dsts.metrics.class_neuron_usage`, values in
+    """Class x neuron routing heatmap (rows from :func:`dsts.specialization.class_neuron_usage`, values in
     [0, 1], NaN rows drawn grey)."""
-    values = _to_numpy(usage, "usage")
+    values = to_numpy(usage, "usage")
     if values.ndim != 2 or 0 in values.shape:
         raise PlotError(f"usage: expected a (K, N) matrix, got shape {tuple(values.shape)}")
     finite = values[np.isfinite(values)]
@@ -263,9 +263,9 @@ def plot_bar_ci(
     """Bars of ``means`` with asymmetric error bars from ``lows`` to ``highs`` (a confidence interval
     per variant); each mean is written above its bar."""
     labels = [_short(n) for n in names]
-    m = _to_numpy(list(means), "means").astype(np.float64)
-    lo = _to_numpy(list(lows), "lows").astype(np.float64)
-    hi = _to_numpy(list(highs), "highs").astype(np.float64)
+    m = to_numpy(list(means), "means").astype(np.float64)
+    lo = to_numpy(list(lows), "lows").astype(np.float64)
+    hi = to_numpy(list(highs), "highs").astype(np.float64)
     count = len(labels)
     if count == 0:
         raise PlotError("names: no bars")
@@ -326,7 +326,7 @@ def plot_seed_curves(panels: Sequence[tuple[str, Mapping[str, Any]]], path: str 
     lines = {}
     for label, curves in panels:
         for name, curve in curves.items():
-            xs, ys, sd = (_to_numpy(list(c), f"{label} / {name}").astype(np.float64) for c in curve)
+            xs, ys, sd = (to_numpy(list(c), f"{label} / {name}").astype(np.float64) for c in curve)
             if not xs.shape == ys.shape == sd.shape or xs.ndim != 1:
                 raise PlotError(f"{label} / {name}: epochs, means and sds differ in length")
             lines[label, name] = (xs, ys, sd)
@@ -367,7 +367,7 @@ def plot_layer_heatmaps(
     if not panels:
         raise PlotError("panels: nothing to draw")
     names = [_short(r) for r in rows]
-    grids = [_to_numpy(values, t).astype(np.float64) for t, values, _, _ in panels]
+    grids = [to_numpy(values, t).astype(np.float64) for t, values, _, _ in panels]
     layers = grids[0].shape[-1]
     for (t, _, _, _), grid in zip(panels, grids, strict=True):
         if grid.shape != (len(names), layers):

@@ -20,6 +20,7 @@ def main() -> int:
     _, cfg, out = parse_run_stage(parser)  # applies the kernel pins: torch must not be loaded yet
     # Imported after the pins, on purpose: torch reads them once, when it loads (dsts/portable.py).
     from dsts import metrics as M
+    from dsts import specialization as S
     from dsts.checkpoint import load_model
     from dsts.cost import count_flops, cpu_latency_ms
     from dsts.data import build_dataset, build_loader
@@ -39,7 +40,7 @@ def main() -> int:
     num_classes = int(saved["num_classes"])
     cues = list(test_ds.class_cues)
     metrics = evaluation_metrics(
-        pred, num_classes, cfg.model.dsts.num_neurons, cues, cfg.eval.top_k, prefix="test/"
+        pred, num_classes, cfg.model.dsts.num_neurons, cues, cfg.eval.top_k, "test/", test_ds.class_pairs
     )
     last = saved["history"][-1] if saved["history"] else {}
     metrics.update({k: v for k, v in last.items() if k.startswith("train/")})
@@ -63,13 +64,13 @@ def main() -> int:
     if pred.selection is not None:
         n_neurons = cfg.model.dsts.num_neurons
         for layer in range(pred.selection.shape[1]):
-            usage = M.class_neuron_usage(pred.selection, pred.labels, layer, num_classes, n_neurons)
+            usage = S.class_neuron_usage(pred.selection, pred.labels, layer, num_classes, n_neurons)
             name = f"usage_layer{layer}.png"
             plot_usage_heatmap(
                 usage, names, out.plots / name, f"{cfg.variant} seed {cfg.train.seed}: layer {layer}"
             )
             plots.append(name)
-        for line in M.collapse_warnings(metrics):
+        for line in S.collapse_warnings(metrics):
             print(f"warning: {line}")
     write_metrics(out.metrics, metrics)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -27,20 +28,23 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dsts.config import DataConfig
 from dsts.data.decode import Video
-from dsts.data.readers import entry_name, read_diving48, read_finegym, read_vocab
+from dsts.data.readers import entry_name, read_attributes, read_diving48, read_finegym, read_vocab
 from dsts.data.sampling import SeededSampler, sample_indices
 from dsts.data.transforms import resize_short_side, test_transform, train_transform
 from dsts.errors import DataError
-from dsts.seeding import mix_seed
+from dsts.seeding import mix_seed, stream_seed
 
 log = logging.getLogger("dsts.data")
+VAL_LIST = "Diving48_V2_val.json"
+# streams of mix_seed: the validation hold-out and the shuffled control's permutations
+VAL_STREAM, SHUFFLE_STREAM = 101, 102
 # threads that decode while a dataset is indexed
 INDEX_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
 def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     """The generator for item ``index`` in ``epoch``: a function of the three numbers only."""
-    return torch.Generator().manual_seed(mix_seed(0, seed, epoch, index))
+    return torch.Generator().manual_seed(stream_seed(seed, "augment", epoch, index))
 
 
 class VideoDataset(Dataset):
@@ -56,6 +60,7 @@ class VideoDataset(Dataset):
         num_classes: int,
         class_names: Sequence[str],
         class_cues: Sequence[str | None],
+        class_pairs: Sequence[tuple[str, int] | None] | None = None,
         seed: int = 0,
         frames: Sequence[np.ndarray] | None = None,
         skipped: Sequence[tuple[str, str]] = (),
@@ -68,6 +73,8 @@ class VideoDataset(Dataset):
         self.num_classes = int(num_classes)
         self.class_names = list(class_names)
         self.class_cues = list(class_cues)
+        # per class, (the fine attribute that tells it from its partner, the partner's label), or None
+        self.class_pairs = list(class_pairs) if class_pairs is not None else [None] * self.num_classes
         self.seed = int(seed)
         self.epoch = 0
         self.skipped = list(skipped)
@@ -131,6 +138,11 @@ class VideoDataset(Dataset):
             raise IndexError(f"index {index} is out of range for {len(self)} clips")
         generator = item_generator(self.seed, self.epoch, index)
         views = self._clip_frames(index, generator)
+        if self.clips.shuffle_frames:  # the same permutation of this clip's frames, every time
+            order = torch.Generator().manual_seed(
+                mix_seed(SHUFFLE_STREAM, zlib.crc32(self._paths[index].encode()))
+            )
+            views = [v[torch.randperm(len(v), generator=order)] for v in views]
         label = int(self._labels[index])
         c = self.clips
         if self.train:
@@ -160,7 +172,8 @@ def _check_clip(path: str, start: int, end: int | None, where: str) -> None:
         video.read([first])
 
 
-def _annotation(cfg: Any, split: str) -> pd.DataFrame:
+def _list(cfg: Any, split: str) -> pd.DataFrame:
+    """The annotation list of ``split`` as the data set ships it."""
     if cfg.dataset in ("generated", "diving48"):
         return read_diving48(cfg.root, split)
     if cfg.dataset == "finegym":
@@ -172,19 +185,65 @@ def _annotation(cfg: Any, split: str) -> pd.DataFrame:
     raise DataError(f"data.dataset: unknown dataset {cfg.dataset!r}")
 
 
-def build_dataset(cfg: Any, split: str, train: bool, seed: int = 0) -> VideoDataset:
-    """The dataset for ``split`` (``"train"`` or ``"test"``) of ``cfg`` (a ``DataConfig``, or a whole
-    ``Config``): ``train=True`` gives training augmentation and random segment sampling, ``False``
-    centre frames, centre crops and multi-view clips. ``seed`` is the base of the per-item seeds."""
+def has_val_list(cfg: Any) -> bool:
+    """Whether the data set has its own validation list (the generated benchmark does)."""
+    return cfg.dataset in ("generated", "diving48") and os.path.isfile(os.path.join(cfg.root, VAL_LIST))
+
+
+def has_validation(cfg: Any) -> bool:
+    """Whether there is a validation split: a val list, or a share of train held out."""
     cfg = getattr(cfg, "data", cfg)
-    table = _annotation(cfg, split)
+    return has_val_list(cfg) or cfg.val_fraction > 0
+
+
+def held_out(table: pd.DataFrame, fraction: float) -> np.ndarray:
+    """A boolean mask of the rows held out for validation: ``round(fraction * n)`` rows of each class
+    of ``n``, chosen by a permutation seeded by the label alone, so every seed and variant shares it."""
+    mask = np.zeros(len(table), dtype=bool)
+    labels = table["label"].to_numpy()
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        order = torch.randperm(
+            len(rows), generator=torch.Generator().manual_seed(mix_seed(VAL_STREAM, int(label)))
+        )
+        mask[rows[order[: int(round(fraction * len(rows)))].numpy()]] = True
+    return mask
+
+
+def _annotation(cfg: Any, split: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(the split's table, the whole training list)``: val is the data set's own list, or the
+    class-stratified share ``data.val_fraction`` of the training list, which train then leaves out."""
+    if split not in ("train", "val", "test"):
+        raise DataError(f"split must be train, val or test, got {split!r}")
+    if split == "test":
+        return _list(cfg, "test"), _list(cfg, "train")
+    if has_val_list(cfg):
+        return _list(cfg, split), _list(cfg, "train")
+    full = _list(cfg, "train")
+    if split == "train" and cfg.val_fraction == 0:
+        return full, full
+    if split == "val" and cfg.val_fraction == 0:
+        raise DataError(f"{cfg.root}: no validation split (no {VAL_LIST}, and data.val_fraction is 0)")
+    held = held_out(full, cfg.val_fraction)
+    part = full[held] if split == "val" else full[~held]
+    part.attrs = dict(full.attrs)
+    return part, full
+
+
+def build_dataset(cfg: Any, split: str, train: bool, seed: int = 0) -> VideoDataset:
+    """The dataset for ``split`` (``"train"``, ``"val"`` or ``"test"``) of ``cfg`` (a ``DataConfig``, or a
+    whole ``Config``): ``train=True`` gives training augmentation and random segment sampling,
+    ``False`` centre frames, centre crops and multi-view clips. ``seed`` is the base of the per-item
+    seeds."""
+    cfg = getattr(cfg, "data", cfg)
+    table, full = _annotation(cfg, split)
     vocab = read_vocab(cfg.root) if cfg.dataset in ("generated", "diving48") else None
     if cfg.num_classes > 0:
         num_classes = cfg.num_classes
     elif vocab is not None:
         num_classes = len(vocab)
     else:
-        num_classes = int(table["label"].max()) + 1 if len(table) else 0
+        num_classes = int(full["label"].max()) + 1 if len(full) else 0
     for key, label in zip(table.index, table["label"]):
         if label >= num_classes:
             raise DataError(
@@ -197,6 +256,13 @@ def build_dataset(cfg: Any, split: str, train: bool, seed: int = 0) -> VideoData
             if label < num_classes:
                 names[label] = str(name)
                 cues[label] = None if pd.isna(cue) else str(cue)
+
+    pairs: list[tuple[str, int] | None] = [None] * num_classes
+    attributes = read_attributes(cfg.root) if cfg.dataset in ("generated", "diving48") else None
+    for entry in (attributes or {}).get("classes", []):
+        nearest = entry.get("nearest") or []
+        if entry.get("label", num_classes) < num_classes and len(nearest) == 1:
+            pairs[entry["label"]] = (str(entry["cue_attribute"]), int(nearest[0]["label"]))
 
     rows = list(zip(table.index, table.itertuples(index=False)))
 
@@ -244,6 +310,7 @@ def build_dataset(cfg: Any, split: str, train: bool, seed: int = 0) -> VideoData
         num_classes=num_classes,
         class_names=names,
         class_cues=cues,
+        class_pairs=pairs,
         seed=seed,
         frames=frames if cfg.cache else None,
         skipped=skipped,

@@ -87,7 +87,7 @@ def split_entries(
     split: str, specs: Sequence[ClassSpec], per_class: int, seed: int
 ) -> list[tuple[str, ClassSpec, tuple[int, ...]]]:
     """(vid_name, class, clip seed) for every clip of a split, in a seeded random order."""
-    split_id = {"train": 0, "test": 1}[split]
+    split_id = {"train": 0, "test": 1, "val": 2}[split]
     clips = [(spec, (seed, split_id, spec.label, k)) for spec in specs for k in range(per_class)]
     order = np.random.default_rng([seed, split_id]).permutation(len(clips))
     return [(f"synth{seed}_{split}_{i:05d}", clips[j][0], clips[j][1]) for i, j in enumerate(order)]
@@ -106,23 +106,26 @@ def generate_benchmark(
     size: int = 64,
     seed: int = 0,
     jobs: int = 1,
+    clips_per_class_val: int = 0,
 ) -> dict[str, Any]:
-    """Write the benchmark into ``root``: ``rgb/*.mp4``, ``Diving48_V2_{train,test}.json``,
-    ``Diving48_vocab.json`` and ``Diving48_attributes.json``; return a summary.
-    The bytes depend on the arguments only, not on ``jobs`` (parallel processes)."""
+    """Write the benchmark into ``root``: ``rgb/*.mp4``, ``Diving48_V2_{train,val,test}.json`` (no val
+    list when ``clips_per_class_val`` is 0), ``Diving48_vocab.json`` and ``Diving48_attributes.json``;
+    return a summary. Each split's clips have their own seeds, so the train and test clips do not
+    depend on the size of the val split. The bytes depend on the arguments only, not on ``jobs``."""
     if size < 16 or size % 2:
         raise DataError(f"generate: size must be even and >= 16, got {size}")
     if frames < 8:
         raise DataError(f"generate: frames must be >= 8, got {frames}")
-    if clips_per_class_train < 1 or clips_per_class_test < 1:
-        raise DataError("generate: clips per class must be >= 1")
+    if clips_per_class_train < 1 or clips_per_class_test < 1 or clips_per_class_val < 0:
+        raise DataError("generate: clips per class must be >= 1 (train, test) and >= 0 (val)")
     specs = class_specs(classes)
     root = Path(root)
     (root / "rgb").mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     work = []
     counts = {}
-    for split, per_class in (("train", clips_per_class_train), ("test", clips_per_class_test)):
+    splits = (("train", clips_per_class_train), ("val", clips_per_class_val), ("test", clips_per_class_test))
+    for split, per_class in (s for s in splits if s[1] > 0):
         entries = split_entries(split, specs, per_class, seed)
         counts[split] = len(entries)
         listing = [
@@ -136,7 +139,7 @@ def generate_benchmark(
     _write_json(root / VOCAB_FILE, [spec.vocab for spec in specs])
     _write_json(root / ATTRIBUTES_FILE, attributes_document(specs))
     settings = {"classes": classes, "frames": frames, "size": size, "seed": seed}
-    _write_json(root / MARKER_FILE, {**settings, "train": counts["train"], "test": counts["test"]})
+    _write_json(root / MARKER_FILE, {**settings, **counts})
     if jobs > 1:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             list(pool.map(_write_clip, work, chunksize=16))
@@ -147,6 +150,7 @@ def generate_benchmark(
         "root": str(root),
         "classes": len(specs),
         "train": counts["train"],
+        "val": counts.get("val", 0),
         "test": counts["test"],
         "frames": frames,
         "size": size,

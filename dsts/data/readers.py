@@ -24,7 +24,7 @@ import pandas as pd
 from dsts.errors import DataError
 
 COLUMNS = ["video_id", "path", "label", "start_frame", "end_frame"]
-DIVING48_SPLITS = ("train", "test")
+DIVING48_SPLITS = ("train", "val", "test")  # val: only where the data set has a list for it
 VOCAB_FILE = "Diving48_vocab.json"
 ATTRIBUTES_FILE = "Diving48_attributes.json"
 CUES = ("spatial", "temporal")
@@ -87,7 +87,8 @@ def entry_name(table: pd.DataFrame, key: Any) -> str:
 def read_diving48(root: str | Path, split: str) -> pd.DataFrame:
     """``{root}/Diving48_V2_{split}.json`` (a list of ``{vid_name, label, start_frame, end_frame}``)
     as a table; the videos are ``{root}/rgb/{vid_name}.mp4``. Labels are checked against the vocab
-    when ``Diving48_vocab.json`` is there."""
+    when ``Diving48_vocab.json`` is there. Diving48 itself has train and test lists; the generated
+    benchmark adds a val list."""
     if split not in DIVING48_SPLITS:
         raise DataError(f"diving48: split must be one of {', '.join(DIVING48_SPLITS)}, got {split!r}")
     root = Path(root)

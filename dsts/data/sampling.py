@@ -24,20 +24,26 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dsts.seeding import mix_seed
+from dsts.seeding import stream_seed
 
 
 class SeededSampler(torch.utils.data.Sampler[int]):
     """Indices in a permutation seeded by ``(seed, stream, epoch)``: the whole state is the epoch.
 
-    ``stream`` separates independent orders over the same data (the training batches and the
-    UDL ``D_val`` batches). ``rank``/``world_size`` shard each permutation for data parallelism;
+    ``stream`` (a name of :data:`dsts.seeding.STREAMS`) separates independent orders over the same
+    data (the training batches and the UDL ``D_val`` batches). ``rank``/``world_size`` shard each permutation for data parallelism;
     the shards are disjoint and equally long. A ``DataLoader`` with ``batch_size`` and
     ``drop_last=True`` turns it into the batches of :meth:`batches`.
     """
 
     def __init__(
-        self, size: int, batch_size: int, seed: int, stream: int = 0, rank: int = 0, world_size: int = 1
+        self,
+        size: int,
+        batch_size: int,
+        seed: int,
+        stream: str = "batches",
+        rank: int = 0,
+        world_size: int = 1,
     ):
         self.size, self.batch_size, self.seed, self.stream = size, batch_size, seed, stream
         self.rank, self.world_size = rank, world_size
@@ -47,7 +53,7 @@ class SeededSampler(torch.utils.data.Sampler[int]):
         self.epoch = int(epoch)
 
     def indices(self) -> list[int]:
-        g = torch.Generator().manual_seed(mix_seed(self.seed, self.stream, self.epoch))
+        g = torch.Generator().manual_seed(stream_seed(self.seed, self.stream, self.epoch))
         order = torch.randperm(self.size, generator=g).tolist()
         usable = (len(order) // self.world_size) * self.world_size
         return order[:usable][self.rank :: self.world_size]

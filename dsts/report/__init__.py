@@ -64,7 +64,7 @@ def _plot_bars(report: Report, metric: str, label: str, path: Path) -> None:
 
 def _plot_curves(report: Report, path: Path) -> None:
     panels = []
-    for metric, label, scale in (("test/top1", "test top-1 (%)", 100.0), ("train/loss", "train loss", 1.0)):
+    for metric, label, scale in (("val/top1", "validation top-1 (%)", 100.0), ("train/loss", "train loss", 1.0)):
         curves = report.curves[report.curves["metric"] == metric]
         by_variant = {v: curves[curves["variant"] == v] for v in report.variants}
         lines = {v: (c["epoch"], scale * c["mean"], scale * c["sd"]) for v, c in by_variant.items() if len(c)}

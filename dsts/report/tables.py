@@ -31,7 +31,7 @@ __all__ = ["REFERENCES", "Report", "build_report", "summary"]
 
 REFERENCES = ("dsts_udl", "static")
 METRICS = {"top1": "test/top1", "mca": "test/mean_class_accuracy"}
-CURVES = ("test/top1", "train/loss")
+CURVES = ("val/top1", "train/loss")
 LAYER_STATS = {
     "usage_entropy": "usage_entropy",
     "usage_entropy_norm": "usage_entropy_norm",

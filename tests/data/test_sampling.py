@@ -117,14 +117,14 @@ def test_bad_arguments():
     epoch=st.integers(0, 50),
 )
 def test_batches_partition_one_permutation(size, batch, seed, epoch):
-    sampler = SeededSampler(size, batch, seed, stream=0)
+    sampler = SeededSampler(size, batch, seed, stream="batches")
     sampler.set_epoch(epoch)
     assert sorted(sampler) == list(range(size))
     batches = sampler.batches()
     flat = [i for b in batches for i in b]
     assert len(batches) == sampler.num_batches() == size // batch
     assert all(len(b) == batch for b in batches) and len(set(flat)) == len(flat)
-    again = SeededSampler(size, batch, seed, stream=0)
+    again = SeededSampler(size, batch, seed, stream="batches")
     again.set_epoch(epoch)
     assert again.batches() == batches
     # what a DataLoader makes of it
@@ -142,8 +142,8 @@ def test_rank_shards_are_disjoint_and_cover_the_usable_permutation(size, world, 
 
 
 def test_streams_and_epochs_give_different_orders():
-    a = SeededSampler(100, 10, seed=0, stream=0)
-    b = SeededSampler(100, 10, seed=0, stream=1)
+    a = SeededSampler(100, 10, seed=0, stream="batches")
+    b = SeededSampler(100, 10, seed=0, stream="meta_batches")
     assert a.indices() != b.indices()
     first = a.indices()
     a.set_epoch(1)

@@ -73,8 +73,10 @@ def test_train_then_evaluate(workdir, variant):
     assert found.data.params["model.dsts.enabled"] == str(variant != "baseline")
     assert found.data.params["train.epochs"] == "2"
     assert {"git_commit", "config_hash", "variant", "seed"} <= set(found.data.tags)
-    history = client.get_metric_history(found.info.run_id, "test/top1")
-    assert sorted(m.step for m in history) == [1, 2, 3]  # two epochs, then the evaluation after them
+    history = client.get_metric_history(found.info.run_id, "val/top1")
+    assert sorted(m.step for m in history) == [1, 2]  # each epoch monitors the validation split
+    tested = client.get_metric_history(found.info.run_id, "test/top1")
+    assert [m.step for m in tested] == [3]  # the test split is read once, after the last epoch
     assert found.data.metrics["test/top1"] == pytest.approx(metrics["test/top1"])
     artifacts = {a.path for a in client.list_artifacts(found.info.run_id)}
     assert {"metrics.json", "model.pt", "config.yaml", "plots", "learning_curves.png"} <= artifacts
