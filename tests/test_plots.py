@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import dsts.plots as plots
-from dsts.metrics import class_neuron_usage, confusion_matrix
+from dsts.metrics import confusion_matrix
+from dsts.specialization import class_neuron_usage
 
 plt = plots.plt
 LONG = "Back 15som 15twis FREE with a very long qualifier"
