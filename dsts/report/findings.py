@@ -105,7 +105,7 @@ def _comparison_sentence(
     return text + "."
 
 
-def _top1_rows(report: Report, metric: str = "top1") -> dict[tuple[str, str], dict[str, Any]]:
+def _rows_of(report: Report, metric: str = "top1") -> dict[tuple[str, str], dict[str, Any]]:
     rows = report.comparisons[report.comparisons["metric"] == metric].to_dict("records")
     return {(c["first"], c["second"]): c for c in rows}
 
@@ -113,7 +113,7 @@ def _top1_rows(report: Report, metric: str = "top1") -> dict[tuple[str, str], di
 def power_sentences(report: Report) -> list[str]:
     """One sentence per paper comparison: its smallest detectable top-1 difference against the
     study's target."""
-    rows, target = _top1_rows(report), f"{100 * TARGET_MDD:g}-point target"
+    rows, target = _rows_of(report), f"{100 * TARGET_MDD:g}-point target"
     out = []
     for pair in PAPER_COMPARISONS:
         name, c = f"{pair[0]} vs {pair[1]}", rows.get(pair)
@@ -295,7 +295,7 @@ def findings(report: Report) -> list[str]:
             f"With n={n_seeds} paired seeds the exact sign-flip test cannot give p below {pval(floor)}"
             + (f", so it can never reach α={alpha:g}." if floor >= alpha else ".")
         )
-    top1, mca = _top1_rows(report), _top1_rows(report, "mca")
+    top1, mca = _rows_of(report), _rows_of(report, "mca")
     tested = sum(1 for c in top1.values() if math.isfinite(c["p_value"]))
     lines += [_comparison_sentence(c, mca.get(pair), alpha, tested) for pair, c in top1.items()]
     lines += [
