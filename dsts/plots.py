@@ -35,6 +35,7 @@ __all__ = [
     "plot_confusion",
     "plot_layer_heatmaps",
     "plot_learning_curves",
+    "plot_routing",
     "plot_seed_curves",
     "plot_usage_heatmap",
 ]
@@ -316,13 +317,16 @@ def plot_bar_ci(
     return Path(path)
 
 
-def plot_seed_curves(panels: Sequence[tuple[str, Mapping[str, Any]]], path: str | os.PathLike[str]) -> Path:
-    """Side-by-side panels of curves over epochs, one ``(label, {name: (epochs, means, sds)})`` per
-    panel: a line per name for the mean over seeds and a band of +- sd where the sd is defined. A
-    name keeps its colour across panels; an empty panel says so."""
+def _curve_panels(
+    panels: Sequence[tuple[str, Mapping[Any, Any]]],
+    path: str | os.PathLike[str],
+    style: Any,
+    ylim: tuple[float, float] | None = None,
+) -> Path:
+    """Side-by-side panels of mean curves with +- sd bands; ``style(name) -> (colour, linestyle,
+    label)`` draws each line."""
     if not panels:
         raise PlotError("panels: nothing to draw")
-    names = list(dict.fromkeys(name for _, curves in panels for name in curves))
     lines = {}
     for label, curves in panels:
         for name, curve in curves.items():
@@ -330,14 +334,14 @@ def plot_seed_curves(panels: Sequence[tuple[str, Mapping[str, Any]]], path: str 
             if not xs.shape == ys.shape == sd.shape or xs.ndim != 1:
                 raise PlotError(f"{label} / {name}: epochs, means and sds differ in length")
             lines[label, name] = (xs, ys, sd)
-    colours = plt.get_cmap("tab10")
+    styles = {name: style(name) for _, curves in panels for name in curves}
     size = (5.5 * len(panels), 4.2)
     with _figure(path, 1, len(panels), figsize=size, layout="constrained", squeeze=False) as (_, axes):
         for ax, (label, curves) in zip(axes[0], panels, strict=True):
             for name in curves:
                 xs, ys, sd = lines[label, name]
-                colour = colours(names.index(name) % 10)
-                ax.plot(xs, ys, marker="o", markersize=3, color=colour, label=_short(name))
+                colour, linestyle, line_label = styles[name]
+                ax.plot(xs, ys, marker="o", markersize=3, color=colour, ls=linestyle, label=line_label)
                 band = np.isfinite(sd)
                 if band.any():
                     ax.fill_between(
@@ -345,6 +349,8 @@ def plot_seed_curves(panels: Sequence[tuple[str, Mapping[str, Any]]], path: str 
                     )
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if ylim is not None:
+                ax.set_ylim(*ylim)
             ax.set_ylabel(label)
             ax.set_title(f"{label}: mean over seeds (band: ± sd)")
             ax.grid(True, alpha=0.3)
@@ -353,6 +359,39 @@ def plot_seed_curves(panels: Sequence[tuple[str, Mapping[str, Any]]], path: str 
             else:
                 ax.text(0.5, 0.5, f"no {label} recorded", ha="center", va="center", transform=ax.transAxes)
     return Path(path)
+
+
+def plot_seed_curves(panels: Sequence[tuple[str, Mapping[str, Any]]], path: str | os.PathLike[str]) -> Path:
+    """Side-by-side panels of curves over epochs, one ``(label, {name: (epochs, means, sds)})`` per
+    panel: a line per name for the mean over seeds and a band of +- sd where the sd is defined. A
+    name keeps its colour across panels; an empty panel says so."""
+    names = list(dict.fromkeys(name for _, curves in panels for name in curves))
+    colours = plt.get_cmap("tab10")
+    return _curve_panels(panels, path, lambda name: (colours(names.index(name) % 10), "-", _short(name)))
+
+
+LAYER_STYLES = ("-", "--", ":", "-.")
+
+
+def plot_routing(
+    panels: Sequence[tuple[str, Mapping[tuple[str, int], Any]]], path: str | os.PathLike[str]
+) -> Path:
+    """Training-time routing trajectories: one ``(label, {(variant, layer): (epochs, means, sds)})``
+    per statistic, a line per variant and layer (colour: variant, line style: layer) on a [0, 1]
+    axis, since every statistic drawn is a share or a normalized entropy."""
+    for label, curves in panels:
+        for key in curves:
+            if not (isinstance(key, tuple) and len(key) == 2 and isinstance(key[1], int | np.integer)):
+                raise PlotError(f"{label}: expected (variant, layer) keys, got {key!r}")
+    variants = list(dict.fromkeys(key[0] for _, curves in panels for key in curves))
+    colours = plt.get_cmap("tab10")
+
+    def style(key: tuple[str, int]) -> tuple[Any, str, str]:
+        variant, layer = key
+        colour = colours(variants.index(variant) % 10)
+        return colour, LAYER_STYLES[int(layer) % len(LAYER_STYLES)], f"{_short(variant)} layer {layer}"
+
+    return _curve_panels(panels, path, style, (-0.02, 1.02))
 
 
 def plot_layer_heatmaps(

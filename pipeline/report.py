@@ -2,12 +2,14 @@
 
 Reads only the run files under ``runs/<variant>/seed<S>/`` (``metrics.json``, ``history.csv``,
 and where present ``timing.json`` and ``cost.json``) and writes ``reports/``: ``ablation.csv`` and
-``ablation.md`` (one row per variant: seed mean, sd and 95% CI, paired tests against dsts_udl and
-static, smallest detectable difference, specialization, parameters, FLOPs and CPU latency per
-clip), ``runs.csv``, ``comparisons.csv``, ``specialization.csv``, ``summary.json`` (for
-``dvc metrics``; no timings) and the figures ``top1_ci.png``, ``mca_ci.png``,
-``learning_curves.png`` and ``specialization.png``. A missing or malformed run file is one error
-line (exit 2) and nothing is written.
+``ablation.md`` (first, whether the positive control shows that the study can detect an effect;
+then per variant the seed mean, sd and 95% CI, the cues learned, convergence, specialization,
+parameters, FLOPs and CPU latency per clip; the paired tests of the pairs listed under
+``report.comparisons`` in the params, with their smallest detectable differences), ``runs.csv``,
+``comparisons.csv``, ``specialization.csv``, ``curves.csv``, ``summary.json`` (for ``dvc metrics``;
+no timings) and the figures ``top1_ci.png``, ``mca_ci.png``, ``learning_curves.png``,
+``routing.png`` and ``specialization.png``. A missing or malformed run file is one error line
+(exit 2) and nothing is written.
 
 Then, unless ``tracking.enabled`` is false or no run folder names an MLflow run, it creates or
 updates the MLflow study run of this params state (dsts/tracking/study.py): the summary's numbers
@@ -19,7 +21,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dsts.report import ALPHA, OUTPUTS, POWER, REFERENCES, make_report, summary
+from dsts.report import ALPHA, OUTPUTS, POWER, make_report, summary
 from dsts.tracking.study import log_study
 from pipeline._cli import run
 
@@ -30,14 +32,13 @@ def main() -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--params", default="params.yaml", help="params file with `variants` and `seeds`")
+    parser.add_argument(
+        "--params",
+        default="params.yaml",
+        help="params file with `variants`, `seeds` and `report.comparisons` (pairs [first, second])",
+    )
     parser.add_argument("--runs", default="runs", help="folder of the run outputs (default: runs)")
     parser.add_argument("--out", default="reports", help="output folder (default: reports)")
-    parser.add_argument(
-        "--references",
-        default=",".join(REFERENCES),
-        help=f"comma-separated variants to compare every variant against (default: {','.join(REFERENCES)})",
-    )
     parser.add_argument(
         "--alpha", type=float, default=ALPHA, help=f"test level; CIs at 1 - alpha (default: {ALPHA})"
     )
@@ -48,10 +49,10 @@ def main() -> int:
         help=f"power of the smallest detectable difference (default: {POWER})",
     )
     args = parser.parse_args()
-    references = [r.strip() for r in args.references.split(",") if r.strip()]
-    report = make_report(args.runs, args.params, args.out, references, args.alpha, args.power)
+    report = make_report(args.runs, args.params, args.out, args.alpha, args.power)
     print(f"report: {len(report.variants)} variants x {len(report.seeds)} seeds -> {args.out}/ablation.md")
-    settings = {"references": ",".join(references), "alpha": args.alpha, "power": args.power}
+    pairs = ",".join(f"{first}_vs_{second}" for first, second in report.pairs)
+    settings = {"comparisons": pairs, "alpha": args.alpha, "power": args.power}
     outputs = [Path(args.out) / name for name in OUTPUTS]
     study = log_study(
         args.params, report.variants, report.seeds, settings, summary(report), outputs, args.runs

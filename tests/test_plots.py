@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import dsts.plots as plots
-from dsts.metrics import class_neuron_usage, confusion_matrix
+from dsts.metrics import confusion_matrix
+from dsts.specialization import class_neuron_usage
 
 plt = plots.plt
 LONG = "Back 15som 15twis FREE with a very long qualifier"
@@ -127,6 +128,22 @@ def test_seed_curves_png(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["curves.png", "empty.png"]
 
 
+def test_routing_png(tmp_path):
+    epochs = [1, 2, 3]
+    entropy = {
+        ("dsts", 0): (epochs, [0.9, 0.7, 0.5], [0.05, 0.05, 0.05]),
+        ("dsts", 1): (epochs, [0.8, 0.6, 0.4], [np.nan] * 3),
+        (LONG, 0): (epochs, [1.0, 1.0, 0.95], [0.0, 0.0, 0.0]),
+    }
+    agreement = {("dsts", 0): (epochs, [0.4, 0.6, 0.8], [0.1, 0.1, 0.1])}
+    panels = [("selection entropy", entropy), ("argmax agreement", agreement)]
+    out = plots.plot_routing(panels, tmp_path / "routing.png")
+    assert read_png(out).shape[:2] == (420, 2 * 550)
+    empty = plots.plot_routing([("selection entropy", {}), ("argmax agreement", {})], tmp_path / "empty.png")
+    assert read_png(empty).shape[:2] == (420, 2 * 550)  # no routed variant: each panel says so
+    assert sorted(os.listdir(tmp_path)) == ["empty.png", "routing.png"]
+
+
 def test_layer_heatmaps_png(tmp_path):
     rows = ["static", "dsts", LONG]
     grid = np.array([[0.6, 0.7], [np.nan, np.nan], [0.5, 0.2]])
@@ -174,6 +191,15 @@ def test_overwrites_atomically(tmp_path):
         (
             lambda p: plots.plot_seed_curves([("loss", {"a": ([1, 2], [1.0], [0.1])})], p),
             "loss / a: epochs, means",
+        ),
+        (lambda p: plots.plot_routing([], p), "panels: nothing to draw"),
+        (
+            lambda p: plots.plot_routing([("entropy", {"dsts": ([1], [0.5], [0.1])})], p),
+            "entropy: expected (variant, layer) keys, got 'dsts'",
+        ),
+        (
+            lambda p: plots.plot_routing([("entropy", {("dsts", 0): ([1, 2], [0.5], [0.1])})], p),
+            "entropy / ('dsts', 0): epochs, means",
         ),
         (lambda p: plots.plot_layer_heatmaps(["a"], [], p, "t"), "panels: nothing to draw"),
         (

@@ -18,9 +18,28 @@ from dsts.config import ConfigError, load_config, read_yaml
 from dsts.errors import DSTSError
 from dsts.runs import read_history, read_metrics, run_folder
 
-__all__ = ["REQUIRED", "ReportError", "Run", "load_runs", "read_settings", "read_study"]
+__all__ = [
+    "DEFAULT_COMPARISONS",
+    "REQUIRED",
+    "ReportError",
+    "Run",
+    "load_runs",
+    "read_comparisons",
+    "read_settings",
+    "read_study",
+]
 
 REQUIRED = ("test/top1", "test/mean_class_accuracy")
+# The study's questions (the variants are described in ablations/*.yaml): does DSTS beat the backbone
+# alone, does its spatio-temporal specialization beat plain 3x3x3 neurons, does UDL beat joint
+# training, and (the positive control) does shuffling the frames cost the baseline its
+# order-dependent cue. A pair reads first - second.
+DEFAULT_COMPARISONS = (
+    ("dsts", "baseline"),
+    ("dsts", "dsts_3d"),
+    ("dsts_udl", "dsts"),
+    ("shuffled", "baseline"),
+)
 
 
 class ReportError(DSTSError):
@@ -62,6 +81,27 @@ def read_study(params: str | Path) -> tuple[list[str], list[int]]:
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds: a seed is listed twice in {params}")
     return variants, seeds
+
+
+def read_comparisons(params: str | Path) -> list[tuple[str, str]] | None:
+    """``report.comparisons`` of the params file, a list of ``[first, second]`` pairs of two
+    different variant names without repeats; None when the params have none."""
+    section = read_yaml(params).get("report")
+    pairs = section.get("comparisons") if isinstance(section, dict) else None
+    if pairs is None:
+        return None
+    if not isinstance(pairs, list) or not all(
+        isinstance(p, list) and len(p) == 2 and all(isinstance(v, str) for v in p) and p[0] != p[1]
+        for p in pairs
+    ):
+        raise ConfigError(
+            f"report.comparisons: expected a list of [first, second] pairs of two different variant "
+            f"names in {params}, got {pairs!r}"
+        )
+    out = [(str(a), str(b)) for a, b in pairs]
+    if len(set(out)) != len(out):
+        raise ConfigError(f"report.comparisons: a pair is listed twice in {params}")
+    return out
 
 
 def read_settings(params: str | Path, variants: Sequence[str], seed: int) -> dict[str, dict[str, Any]]:

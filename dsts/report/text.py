@@ -1,189 +1,86 @@
-"""``ablation.md``: the report's tables in markdown and its findings, sentences computed from the
-numbers of :class:`dsts.report.tables.Report` only. Accuracies read in percentage points; an
-undefined value reads "n/a", never "nan"."""
+"""``ablation.md``: the verdict of the positive control on its first line, then the report's tables
+in markdown and its findings, sentences computed from the numbers of
+:class:`dsts.report.tables.Report` only (dsts/report/findings.py). Accuracies read in percentage
+points; an undefined value reads "n/a", never "nan"."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
 from typing import Any
 
-import pandas as pd
+from dsts.report.findings import epochs_sentence, findings, specialization_sentence, verdict
+from dsts.report.fmt import ci_pts, count, level, md_table, num, pts, pval
+from dsts.report.tables import Report
+from dsts.report.verdicts import CHANCE, CONTROL, CONTROL_CUE, GAIN_LIMIT, TARGET_MDD
 
-from dsts.report.tables import REFERENCES, Report
-from dsts.stats import SIGN_FLIP_MAX_N
+__all__ = ["environment_warning", "render_markdown"]
 
-__all__ = ["findings", "render_markdown"]
-
-
-def _pts(x: float, signed: bool = False) -> str:
-    if not math.isfinite(x):
-        return "n/a"
-    return f"{100.0 * x:+.1f}" if signed else f"{100.0 * x:.1f}"
-
-
-def _p(p: float) -> str:
-    if not math.isfinite(p):
-        return "n/a"
-    if p == 0.0:
-        return "0"
-    return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
+METRIC_NAMES = {
+    "top1": "top-1",
+    "mca": "mean class acc",
+    "top1_spatial_cue": "top-1, spatial-cue classes",
+    "top1_temporal_cue": "top-1, temporal-cue classes",
+}
 
 
-def _num(x: float, digits: int = 3) -> str:
-    return f"{x:.{digits}f}" if math.isfinite(x) else "n/a"
-
-
-def _ci_pts(low: float, high: float, signed: bool = False) -> str:
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return "n/a"
-    return f"[{_pts(low, signed)}, {_pts(high, signed)}]"
-
-
-def _level(alpha: float) -> str:
-    return f"{100 * (1 - alpha):g}%"
-
-
-def _count(x: float) -> str:
-    if not math.isfinite(x):
-        return "n/a"
-    return f"{x / 1e6:.2f} M" if x >= 1e5 else f"{int(round(x))}"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A markdown table of already formatted cells (tabulate's number parsing off)."""
-    return pd.DataFrame(list(rows), columns=list(header)).to_markdown(index=False, disable_numparse=True)
-
-
-def _comparison_sentence(
-    c: Mapping[str, Any], mca: Mapping[str, Any] | None, alpha: float, family: int
-) -> str:
-    name = f"{c['variant']} vs {c['reference']}"
-    n = c["n_pairs"]
-    if n == 0:
-        return f"{name}: no seed in common, no comparison."
-    if n < 2:
-        return f"{name}: {_pts(c['diff'], True)} points top-1 from a single paired seed; no test is possible with n=1."
-    sign_flip = f", exact sign-flip p={_p(c['p_sign_flip'])}" if math.isfinite(c["p_sign_flip"]) else ""
-    text = (
-        f"{name}: {_pts(c['diff'], True)} points top-1 ({_level(alpha)} CI {_ci_pts(c['diff_ci_low'], c['diff_ci_high'], True)}, "
-        f"paired t p={_p(c['p_value'])}{sign_flip}, n={n}): "
-    )
-    if c["p_value"] < alpha:
-        text += f"significant at α={alpha:g} ({'higher' if c['diff'] > 0 else 'lower'})"
-        if family > 1 and not c["p_holm"] < alpha:
-            text += f", but not after Holm's correction over {family} comparisons (p={_p(c['p_holm'])})"
-    else:
-        text += f"no significant difference at α={alpha:g}"
-    if math.isfinite(c["mdd"]):
-        text += f"; the smallest difference this run could detect is {_pts(c['mdd'])} points"
-    if mca is not None and mca["n_pairs"] >= 2:
-        verdict = "significant" if mca["p_value"] < alpha else "not significant"
-        text += f". Mean class accuracy: {_pts(mca['diff'], True)} points (p={_p(mca['p_value'])}, {verdict})"
-    return text + "."
-
-
-def _specialization_sentences(row: Mapping[str, Any], alpha: float) -> list[str]:
-    v, lines = row["variant"], []
-    if math.isfinite(row["tf_temporal_cue"]) and math.isfinite(row["tf_spatial_cue"]):
-        text = (
-            f"{v}: the temporal operator takes {_pts(row['tf_temporal_cue'])}% of the gate bits on temporal-cue "
-            f"classes and {_pts(row['tf_spatial_cue'])}% on spatial-cue classes (gap {_pts(row['cue_gap_mean'], True)} points"
-        )
-        if row["cue_gap_n"] >= 2:
-            significant = row["cue_gap_p_value"] < alpha
-            verdict = f"significant at α={alpha:g}" if significant else f"no significant gap at α={alpha:g}"
-            text += (
-                f", {_level(alpha)} CI {_ci_pts(row['cue_gap_ci_low'], row['cue_gap_ci_high'], True)}, "
-                f"t-test against 0 p={_p(row['cue_gap_p_value'])}, n={row['cue_gap_n']}): {verdict}."
-            )
-        else:
-            text += f", n={row['cue_gap_n']}): no test with fewer than 2 seeds."
-        lines.append(text)
-    if math.isfinite(row["collapse_layers"]) and row["collapse_layers"] > 0:
-        lines.append(
-            f"{v}: routing collapsed (one neuron above 90% of the samples) in {row['collapse_layers']:.2g} of "
-            f"{row['num_layers']} layers on average over seeds."
-        )
-    return lines
-
-
-def findings(report: Report) -> list[str]:
-    """The findings, one sentence (or two) per line, from the numbers only."""
-    lines: list[str] = []
-    alpha, n_seeds = report.alpha, len(report.seeds)
-    if n_seeds < 2:
-        lines.append(
-            "One seed per variant: no confidence interval or test is possible; differences below are single runs."
-        )
-    sds = report.ablation["top1_sd"].dropna()
-    if len(sds):
-        lines.append(
-            f"Seed-to-seed standard deviation of top-1: {_pts(sds.min())} to {_pts(sds.max())} points across variants."
-        )
-    if 2 <= n_seeds <= SIGN_FLIP_MAX_N:
-        floor = 2.0 ** (1 - n_seeds)
-        lines.append(
-            f"With n={n_seeds} paired seeds the exact sign-flip test cannot give p below {_p(floor)}"
-            + (f", so it can never reach α={alpha:g}." if floor >= alpha else ".")
-        )
-    comparisons = report.comparisons.to_dict("records")
-    by_key = {(c["metric"], c["variant"], c["reference"]): c for c in comparisons}
-    for ref in report.references:
-        family = [c for c in comparisons if c["metric"] == "top1" and c["reference"] == ref]
-        tested = sum(1 for c in family if math.isfinite(c["p_value"]))
-        for c in family:
-            lines.append(_comparison_sentence(c, by_key.get(("mca", c["variant"], ref)), alpha, tested))
-    lines += [
-        f"No comparison against {ref}: it is not among the variants."
-        for ref in REFERENCES
-        if ref not in report.references
+def _config_cells(c: dict[str, Any]) -> list[str]:
+    dsts = bool(c.get("dsts"))
+    return [
+        "yes" if dsts else "no",
+        str(c.get("num_neurons", "")) if dsts else "",
+        str(c.get("specialization", "")) if dsts else "",
+        str(c.get("udl", "no")),
+        str(c.get("updates_per_step", "")),
     ]
-    for row in report.ablation.to_dict("records"):
-        if row["num_layers"] > 0:
-            lines += _specialization_sentences(row, alpha)
-    return lines
 
 
-def _variants_section(configs: Mapping[str, Mapping[str, Any]]) -> list[str]:
+def _variants_section(report: Report) -> list[str]:
+    header = ["variant", "epochs"]
+    if report.configs:
+        header += ["DSTS", "neurons", "specialization", "UDL", "updates/step"]
     rows = []
-    for v, c in configs.items():
-        dsts = bool(c.get("dsts"))
-        rows.append(
-            [
-                v,
-                "yes" if dsts else "no",
-                str(c.get("num_neurons", "")) if dsts else "",
-                str(c.get("specialization", "")) if dsts else "",
-                str(c.get("udl", "no")),
-                str(c.get("updates_per_step", "")),
-            ]
-        )
-    header = ["variant", "DSTS", "neurons", "specialization", "UDL", "updates/step"]
-    return ["## Variants", "", _table(header, rows), ""]
+    for r in report.ablation.to_dict("records"):
+        low, high = r["epochs_min"], r["epochs_max"]
+        cells = [r["variant"], f"{low:g}" if low == high else f"{low:g}–{high:g}"]
+        if report.configs:
+            cells += _config_cells(report.configs.get(r["variant"], {}))
+        rows.append(cells)
+    return ["## Variants", "", md_table(header, rows), "", epochs_sentence(report), ""]
 
 
-def _accuracy_section(report: Report, level: str) -> list[str]:
+def _mean_sd(r: dict[str, Any], metric: str) -> str:
+    return f"{pts(r[f'{metric}_mean'])} ± {pts(r[f'{metric}_sd'])}"
+
+
+def _accuracy_section(report: Report, lvl: str) -> list[str]:
     table = report.ablation
-    topk = [c for c in table if c.startswith("top") and c.endswith("_mean") and c != "top1_mean"]
-    header = ["variant", "n", "top-1 mean ± sd", f"top-1 {level} CI", "mean class acc ± sd", f"{level} CI"]
-    header += [f"top-{c[3:-5]}" for c in topk]
+    topk = [
+        c
+        for c in table
+        if c.startswith("top") and c.endswith("_mean") and c[3:-5].isdigit() and c != "top1_mean"
+    ]
+    header = ["variant", "n", "top-1 mean ± sd", f"top-1 {lvl} CI", "mean class acc ± sd", f"{lvl} CI"]
+    header += ["top-1 spatial-cue", "top-1 temporal-cue", *(f"top-{c[3:-5]}" for c in topk)]
     rows = [
         [
             r["variant"],
             str(r["n_seeds"]),
-            f"{_pts(r['top1_mean'])} ± {_pts(r['top1_sd'])}",
-            _ci_pts(r["top1_ci_low"], r["top1_ci_high"]),
-            f"{_pts(r['mca_mean'])} ± {_pts(r['mca_sd'])}",
-            _ci_pts(r["mca_ci_low"], r["mca_ci_high"]),
-            *(_pts(r[c]) for c in topk),
+            _mean_sd(r, "top1"),
+            ci_pts(r["top1_ci_low"], r["top1_ci_high"]),
+            _mean_sd(r, "mca"),
+            ci_pts(r["mca_ci_low"], r["mca_ci_high"]),
+            _mean_sd(r, "top1_spatial_cue"),
+            _mean_sd(r, "top1_temporal_cue"),
+            *(pts(r[c]) for c in topk),
         ]
         for r in table.to_dict("records")
     ]
     return [
         "## Accuracy",
         "",
-        _table(header, rows),
+        "Top-1 on the test clips of spatial-cue and of temporal-cue classes: mean ± sd over seeds.",
+        "",
+        md_table(header, rows),
         "",
         "![top-1 with confidence intervals](top1_ci.png)",
         "",
@@ -192,92 +89,161 @@ def _accuracy_section(report: Report, level: str) -> list[str]:
     ]
 
 
-def _comparisons_section(report: Report, level: str) -> list[str]:
-    out = ["## Paired comparisons", ""]
-    if not report.references:
-        out += ["No reference variant (" + ", ".join(REFERENCES) + ") among the variants.", ""]
-    header = [
-        "variant",
-        "metric",
-        "n",
-        "Δ points",
-        f"{level} CI",
-        "paired t p",
-        "Holm p",
-        "sign-flip p",
-        "MDD points",
+def _cues_section(report: Report, lvl: str) -> list[str]:
+    out = [
+        "## Cues learned",
+        "",
+        "Within-pair accuracy: the share of a paired class's test clips scored above its partner class, "
+        f"which differs from it in one attribute (chance {pts(CHANCE)}%); `spatial_cue` and `temporal_cue` "
+        f"pool the attributes of each kind. Each cell: mean over seeds, {lvl} CI, and the p-value of a "
+        "one-sample t-test against 50%.",
+        "",
     ]
-    for ref in report.references:
+    if not report.attributes:
+        return [*out, "No run recorded a within-pair accuracy (test/pair/...).", ""]
+    rows = [
+        [
+            r["variant"],
+            *(
+                f"{pts(r[f'pair_{a}_mean'])} {ci_pts(r[f'pair_{a}_ci_low'], r[f'pair_{a}_ci_high'])} "
+                f"p={pval(r[f'pair_{a}_p_value'])}"
+                for a in report.attributes
+            ),
+        ]
+        for r in report.ablation.to_dict("records")
+    ]
+    return [*out, md_table(["variant", *report.attributes], rows), ""]
+
+
+def _comparisons_section(report: Report, lvl: str) -> list[str]:
+    out = [
+        "## Paired comparisons",
+        "",
+        "Each pair of `report.comparisons` in the params: difference = first − second, paired by seed; "
+        "Holm's adjustment over the pairs compared on one metric. Cue attributes: within-pair accuracies.",
+        "",
+    ]
+    if not report.pairs:
+        out += ["No comparison: no pair of report.comparisons has both its variants among the variants.", ""]
+    header = ["metric", "n", "Δ points", f"{lvl} CI", "paired t p", "Holm p", "sign-flip p", "MDD points"]
+    for first, second in report.pairs:
+        mine = report.comparisons[
+            (report.comparisons["first"] == first) & (report.comparisons["second"] == second)
+        ]
         rows = [
             [
-                c["variant"],
-                "top-1" if c["metric"] == "top1" else "mean class acc",
+                METRIC_NAMES.get(c["metric"], c["metric"]),
                 str(c["n_pairs"]),
-                _pts(c["diff"], True),
-                _ci_pts(c["diff_ci_low"], c["diff_ci_high"], True),
-                _p(c["p_value"]),
-                _p(c["p_holm"]),
-                _p(c["p_sign_flip"]),
-                _pts(c["mdd"]),
+                pts(c["diff"], True),
+                ci_pts(c["diff_ci_low"], c["diff_ci_high"], True),
+                pval(c["p_value"]),
+                pval(c["p_holm"]),
+                pval(c["p_sign_flip"]),
+                pts(c["mdd"]),
             ]
-            for c in report.comparisons.to_dict("records")
-            if c["reference"] == ref
+            for c in mine.to_dict("records")
         ]
-        out += [f"### Against `{ref}` (variant minus {ref}, paired by seed)", "", _table(header, rows), ""]
+        out += [f"### {first} − {second}", "", md_table(header, rows), ""]
     return out
 
 
-def _specialization_section(report: Report, level: str) -> list[str]:
-    out = [
-        "## Specialization",
+def _convergence_section(report: Report) -> list[str]:
+    rows = []
+    for r in report.ablation.to_dict("records"):
+        mine = report.runs[report.runs["variant"] == r["variant"]]
+        named = [f"seed{s}" for s, c in zip(mine["seed"], mine["converged"]) if c == 0]
+        share = r["converged_share"]
+        rows.append(
+            [
+                r["variant"],
+                pts(r["gain_max"], True),
+                "unknown" if math.isnan(share) else f"{share:.2f}",
+                ", ".join(named) or "none",
+            ]
+        )
+    header = ["variant", "largest late gain (points)", "converged share", "not converged"]
+    return [
+        "## Convergence",
         "",
-        "Per run, each statistic is averaged over the DSTS layers; the table shows the mean over seeds. "
-        "Temporal fraction: the share of gate bits that choose the temporal operator, on the test clips "
-        "of temporal-cue and of spatial-cue classes; the gap is tested against 0 across seeds.",
+        f"Late gain of a run: its validation top-1 at the last epoch minus at a quarter of its epochs earlier; "
+        f"a gain above {pts(GAIN_LIMIT)} point flags the run as not converged (see Method).",
+        "",
+        md_table(header, rows),
+        "",
+        "![learning curves](learning_curves.png)",
         "",
     ]
+
+
+def _routing_cells(r: dict[str, Any], nmi: str, collapse: str, gap: str) -> list[str]:
+    """The specialization cells shared by the per-variant and the per-layer table."""
+    return [
+        f"{num(r['selection_entropy_first'], 2)} → {num(r['selection_entropy_last'], 2)}",
+        pts(r["agreement_last"]),
+        num(r[nmi]),
+        num(r["usage_entropy_norm"]),
+        num(r[collapse], 2),
+        pts(r["tf_temporal_cue"]),
+        pts(r["tf_spatial_cue"]),
+        pts(r[gap], True),
+    ]
+
+
+def _specialization_tables(report: Report, lvl: str) -> tuple[str, str]:
+    """Per variant (means over layers and seeds, with the cue gap's test) and per layer."""
     rows = [
         [
             r["variant"],
             str(r["num_layers"]),
-            _num(r["usage_entropy_norm"]),
-            _num(r["nmi"]),
-            _num(r["collapse_layers"], 2),
-            _pts(r["tf_temporal_cue"]),
-            _pts(r["tf_spatial_cue"]),
-            _pts(r["cue_gap_mean"], True),
-            _ci_pts(r["cue_gap_ci_low"], r["cue_gap_ci_high"], True),
-            _p(r["cue_gap_p_value"]),
+            *_routing_cells(r, "nmi_mean", "collapse_layers", "cue_gap_mean"),
+            ci_pts(r["cue_gap_ci_low"], r["cue_gap_ci_high"], True),
+            pval(r["cue_gap_p_value"]),
         ]
         for r in report.ablation.to_dict("records")
         if r["num_layers"] > 0
     ]
-    if not rows:
-        return out + ["No variant has DSTS layers.", "", "![specialization heatmaps](specialization.png)", ""]
-    entropy, cue = "usage entropy (norm.)", ["temporal % (temporal-cue)", "temporal % (spatial-cue)"]
-    header = ["variant", "layers", entropy, "NMI", "collapsed layers", *cue]
-    header += ["gap points", f"gap {level} CI", "gap p"]
     per_layer = [
-        [
-            e["variant"],
-            str(e["layer"]),
-            _num(e["usage_entropy_norm"]),
-            _num(e["nmi"]),
-            _num(e["collapse"], 2),
-            _pts(e["tf_temporal_cue"]),
-            _pts(e["tf_spatial_cue"]),
-            _pts(e["cue_gap"], True),
-        ]
+        [e["variant"], str(e["layer"]), *_routing_cells(e, "nmi", "collapse", "cue_gap")]
         for e in report.specialization.to_dict("records")
     ]
-    layer_header = ["variant", "layer", entropy, "NMI", "collapse"]
-    layer_header += ["temporal % (t-cue)", "temporal % (s-cue)", "gap"]
-    return out + [
-        _table(header, rows),
+    cells = ["selection entropy first → last", "agreement % (last)", "NMI", "usage entropy"]
+    header = ["variant", "layers", *cells, "collapsed layers", "temporal % (temporal-cue)"]
+    header += ["temporal % (spatial-cue)", "gap points", f"gap {lvl} CI", "gap p"]
+    layer_header = ["variant", "layer", *cells, "collapse", "temporal % (t-cue)", "temporal % (s-cue)", "gap"]
+    return md_table(header, rows), md_table(layer_header, per_layer)
+
+
+def _specialization_section(report: Report, lvl: str) -> list[str]:
+    out = [
+        "## Did specialization happen?",
+        "",
+        "In training, each DSTS layer samples a neuron from the softmax of its selection logits; evaluation "
+        "takes their argmax (docs/method.md §2.2). The trajectories: the normalized entropy of the sampled "
+        "distribution, and the share of training samples whose sampled neuron is the argmax, mean over seeds "
+        "per epoch. Then, on the test clips: the NMI between class and neuron, and the share of gate bits that "
+        "choose the temporal operator on temporal-cue and on spatial-cue classes, whose gap is tested against "
+        "0 across seeds. Per run each statistic is averaged over the DSTS layers; tables show means over seeds.",
+        "",
+        "![routing trajectories](routing.png)",
+        "",
+    ]
+    if not (report.ablation["num_layers"] > 0).any():
+        return [*out, "No variant has DSTS layers.", "", "![specialization heatmaps](specialization.png)", ""]
+    table, per_layer = _specialization_tables(report, lvl)
+    sentences = [
+        specialization_sentence(r, report.alpha)
+        for r in report.ablation.to_dict("records")
+        if r["num_layers"] > 0
+    ]
+    return [
+        *out,
+        table,
+        "",
+        *(f"- {s}" for s in sentences),
         "",
         "Per layer (means over seeds; collapse: share of seeds whose layer collapsed):",
         "",
-        _table(layer_header, per_layer),
+        per_layer,
         "",
         "![specialization heatmaps](specialization.png)",
         "",
@@ -288,10 +254,10 @@ def _cost_section(report: Report) -> list[str]:
     rows = [
         [
             r["variant"],
-            _count(r["num_parameters"]),
-            _num(r["flops_per_clip"] / 1e9, 3),
-            _num(r["latency_ms"], 1),
-            _num(r["train_seconds_mean"], 1),
+            count(r["num_parameters"]),
+            num(r["flops_per_clip"] / 1e9, 3),
+            num(r["latency_ms"], 1),
+            num(r["train_seconds_mean"], 1),
         ]
         for r in report.ablation.to_dict("records")
     ]
@@ -304,23 +270,39 @@ def _cost_section(report: Report) -> list[str]:
         "median wall time of a few such forwards, from `cost.json` (a timing: it varies with load, and is "
         "not in summary.json); training time from `timing.json`. n/a: not recorded by the run.",
         "",
-        _table(header, rows),
+        md_table(header, rows),
         "",
     ]
 
 
 def _method_section(report: Report) -> list[str]:
+    first, second = CONTROL
     return [
         "## Method",
         "",
         f"- CI: mean ± t_(1-α/2, n-1) · sd / √n with sd over seeds (ddof 1), α={report.alpha:g}.",
-        "- Paired t-test: differences d over the seeds both variants share; t = mean(d) / (sd(d)/√n), "
-        "two-sided, n-1 degrees of freedom (scipy.stats). All-equal differences: p = 1 if they are 0, else 0.",
-        "- Holm: step-down adjustment over the variants compared with one reference, per metric.",
+        "- Paired t-test: differences d = first − second over the seeds both variants share; "
+        "t = mean(d) / (sd(d)/√n), two-sided, n-1 degrees of freedom (scipy.stats). All-equal differences: "
+        "p = 1 if they are 0, else 0. The pairs are `report.comparisons` of the params.",
+        "- Holm: step-down adjustment over the pairs compared on one metric (for top-1, the family of the "
+        "study's top-1 comparisons).",
         "- Sign-flip p: exact, over all 2^n sign patterns of the differences (smallest possible value 2^(1-n)).",
         f"- MDD (smallest detectable difference): the true mean difference at which the paired t-test at level α "
         f"rejects with probability {report.power:g}, at the measured sd(d): the exact power from the noncentral "
-        't distribution, as R\'s power.t.test(type = "paired", strict = FALSE) computes it.',
+        't distribution, as R\'s power.t.test(type = "paired", strict = FALSE) computes it. The paper '
+        f"comparisons should detect {100 * TARGET_MDD:g} points of top-1.",
+        "- Within-pair accuracy (`test/pair/<attribute>`): the share of a paired class's clips scored above "
+        "its partner class (a tie counts half), chance 50%; tested against 50% by a one-sample t-test over seeds.",
+        f"- Positive control: {first} is detected when it is worse than {second} on {CONTROL_CUE} at paired "
+        f"t p < α (unadjusted), and its `spatial_cue` difference from {second} must have its CI within "
+        "± its MDD. Either failure makes the report's first line say that the study is broken.",
+        "- Convergence: with E the last epoch of a run and q = max(1, floor(E/4 + 1/2)) (a quarter of the "
+        "epochs, rounded half up), the late gain is val/top1 at epoch E minus val/top1 at epoch E − q. A gain "
+        f"above {pts(GAIN_LIMIT)} point flags the run; the converged share of a variant is the share of its "
+        "seeds not flagged, undefined when a run has no val/top1 at either epoch.",
+        "- Routing: the selection sharpened (or broadened) when the per-seed fall of the normalized selection "
+        "entropy from the first to the last epoch differs from 0 at α (one-sample t); NMI and the cue gap are "
+        "tested against 0 the same way.",
         "",
     ]
 
@@ -352,33 +334,36 @@ def _environment_section(report: Report) -> list[str]:
         + [env.get(k, "?") for k in FINGERPRINT]
         for env, names in report.environments
     ]
-    out += [_table(["runs", "e.g.", *FINGERPRINT], rows), ""]
+    out += [md_table(["runs", "e.g.", *FINGERPRINT], rows), ""]
     warning = environment_warning(report)
     return out + ([f"**{warning}**", ""] if warning else [])
 
 
 def render_markdown(report: Report) -> str:
-    """``ablation.md``: every table and finding, generated from the numbers only."""
-    level = _level(report.alpha)
+    """``ablation.md``: the control's verdict first, then every table and finding, generated from
+    the numbers only."""
+    lvl = level(report.alpha)
     out = [
         "# DSTS-Bench ablation report",
         "",
+        verdict(report),
+        "",
         f"{len(report.variants)} variants × seeds {', '.join(map(str, report.seeds))}. Accuracies in percent; "
-        f"{level} confidence intervals are t-based over seeds; comparisons pair runs by seed. "
+        f"{lvl} confidence intervals are t-based over seeds; comparisons pair runs by seed. "
         "Generated by `python -m pipeline.report` from the run files; every sentence below is computed from them.",
         "",
     ]
     warning = environment_warning(report)
     if warning:
         out += [f"**{warning}**", ""]
-    if report.configs:
-        out += _variants_section(report.configs)
-    out += _accuracy_section(report, level)
-    out += _comparisons_section(report, level)
-    out += _specialization_section(report, level)
+    out += _variants_section(report)
+    out += _accuracy_section(report, lvl)
+    out += _cues_section(report, lvl)
+    out += _comparisons_section(report, lvl)
+    out += _convergence_section(report)
+    out += _specialization_section(report, lvl)
     out += _cost_section(report)
     out += ["## Findings", "", *(f"- {line}" for line in findings(report)), ""]
-    out += ["![learning curves](learning_curves.png)", ""]
     out += _environment_section(report)
     out += _method_section(report)
     return "\n".join(out)

@@ -11,10 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 import dsts.report as R
-from tests.report.fakes import write_fake_runs
+from tests.report.fakes import write_fake_runs, write_params
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,12 +28,30 @@ def test_the_report_imports_no_model_code():
         assert heavy not in modules, heavy
 
 
-def make(tmp_path, variants=("baseline", "static", "dsts_udl"), seeds=(0, 1, 2)):
+def make(tmp_path, variants=("baseline", "shuffled", "dsts", "dsts_udl"), seeds=(0, 1, 2)):
     write_fake_runs(tmp_path / "runs", variants, seeds)
     return R.build_report(R.load_runs(tmp_path / "runs", variants, seeds), variants, seeds)
 
 
 def test_write_report_outputs(tmp_path):
+    assert R.OUTPUTS == (
+        *(
+            "ablation.csv",
+            "ablation.md",
+            "comparisons.csv",
+            "curves.csv",
+            "learning_curves.png",
+            "mca_ci.png",
+        ),
+        *(
+            "routing.png",
+            "runs.csv",
+            "specialization.csv",
+            "specialization.png",
+            "summary.json",
+            "top1_ci.png",
+        ),
+    )
     report = make(tmp_path)
     out = tmp_path / "reports"
     (out).mkdir()
@@ -50,7 +67,16 @@ def test_write_report_outputs(tmp_path):
     assert table[0]["cue_gap_mean"] == "NaN" and table[0]["n_seeds"] == "3"
     assert float(table[2]["top1_mean"]) == report.ablation["top1_mean"].iloc[2]  # exact round trip
     with open(out / "comparisons.csv", newline="") as handle:
-        assert len(list(csv.DictReader(handle))) == len(report.comparisons) == 8
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 3 * 10  # dsts - baseline, dsts_udl - dsts, shuffled - baseline; 10 metrics each
+    assert {(r["first"], r["second"]) for r in rows} == {
+        ("dsts", "baseline"),
+        ("dsts_udl", "dsts"),
+        ("shuffled", "baseline"),
+    }
+    with open(out / "curves.csv", newline="") as handle:
+        curves = list(csv.DictReader(handle))
+    assert list(curves[0]) == ["epoch", *report.variants] and len(curves) == 3
     assert json.loads((out / "summary.json").read_text()) == R.summary(report)
 
 
@@ -71,13 +97,20 @@ def test_a_failure_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
 
 
 def test_make_report(tmp_path):
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["variants"], params["seeds"] = ["baseline", "static"], [0, 1]
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    (tmp_path / "ablations").symlink_to(ROOT / "ablations", target_is_directory=True)
+    params = write_params(tmp_path, ["baseline", "static"], [0, 1], comparisons=[["static", "baseline"]])
     write_fake_runs(tmp_path / "runs", ["baseline", "static"], [0, 1])
-    report = R.make_report(tmp_path / "runs", tmp_path / "params.yaml", tmp_path / "reports", alpha=0.1)
+    report = R.make_report(tmp_path / "runs", params, tmp_path / "reports", alpha=0.1)
     assert report.variants == ["baseline", "static"] and report.seeds == [0, 1] and report.alpha == 0.1
+    assert report.pairs == [("static", "baseline")] and report.skipped == []
     assert report.configs["static"]["num_neurons"] == 1 and report.configs["baseline"]["dsts"] is False
     assert "90% CI" in (tmp_path / "reports" / "ablation.md").read_text()
     assert sorted(os.listdir(tmp_path / "reports")) == sorted(R.OUTPUTS)
+
+
+def test_make_report_compares_the_default_pairs_without_report_comparisons(tmp_path):
+    variants = ["baseline", "shuffled", "dsts"]
+    params = write_params(tmp_path, variants, [0, 1], comparisons=None)
+    write_fake_runs(tmp_path / "runs", variants, [0, 1])
+    report = R.make_report(tmp_path / "runs", params, tmp_path / "reports")
+    assert report.pairs == [("dsts", "baseline"), ("shuffled", "baseline")]
+    assert report.skipped == [("dsts", "dsts_3d"), ("dsts_udl", "dsts")]

@@ -4,6 +4,7 @@ name the file."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import yaml
 
 from dsts.config import ConfigError
 from dsts.errors import DSTSError
-from dsts.report.load import Run, load_runs, read_settings, read_study
+from dsts.report.load import Run, load_runs, read_comparisons, read_settings, read_study
 from tests.report.fakes import fake_metrics, write_fake_runs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,6 +45,31 @@ def test_read_study_rejects_bad_lists(tmp_path, tree, message):
     path = write_params(tmp_path, **tree)
     with pytest.raises(ConfigError, match=message) as info:
         read_study(path)
+    assert "\n" not in str(info.value)
+
+
+def test_read_comparisons(tmp_path):
+    path = write_params(tmp_path, report={"comparisons": [["dsts", "baseline"], ["shuffled", "baseline"]]})
+    assert read_comparisons(path) == [("dsts", "baseline"), ("shuffled", "baseline")]
+    assert read_comparisons(write_params(tmp_path, report={"comparisons": []})) == []
+    assert read_comparisons(write_params(tmp_path, report={"confusion_run": "dsts/seed0"})) is None
+    assert read_comparisons(write_params(tmp_path, variants=["dsts"])) is None
+
+
+@pytest.mark.parametrize(
+    ("pairs", "message"),
+    [
+        ("dsts,baseline", "expected a list of [first, second] pairs"),
+        ([["dsts"]], "expected a list of [first, second] pairs"),
+        ([["dsts", "baseline", "static"]], "expected a list of [first, second] pairs"),
+        ([["dsts", 1]], "expected a list of [first, second] pairs"),
+        ([["dsts", "dsts"]], "pairs of two different variant names"),
+        ([["dsts", "baseline"], ["dsts", "baseline"]], "report.comparisons: a pair is listed twice"),
+    ],
+)
+def test_read_comparisons_rejects_bad_pairs(tmp_path, pairs, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        read_comparisons(write_params(tmp_path, report={"comparisons": pairs}))
     assert "\n" not in str(info.value)
 
 

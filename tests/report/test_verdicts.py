@@ -1,0 +1,137 @@
+"""dsts.report.verdicts: the positive control, the late validation gain and the ends of the routing
+trajectories, on hand-computed cases."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from dsts.report.verdicts import control_check, flagged, late_gain, pair_tests, routing_ends
+
+MDD_N3 = 3.2640435498  # MDD / sd(d) at n = 3: exact noncentral-t power 0.8 (R power.t.test: 3.26)
+HALF_N3 = 4.302652729749464 / math.sqrt(3)  # t_(0.975, 2) / sqrt(3): CI half-width / sd(d)
+
+
+def table(columns: dict[str, dict[str, list[float]]]) -> pd.DataFrame:
+    """A run table: ``{variant: {column: values per seed}}``."""
+    rows = []
+    for variant, values in columns.items():
+        for seed in range(len(next(iter(values.values())))):
+            rows.append({"variant": variant, "seed": seed, **{k: v[seed] for k, v in values.items()}})
+    return pd.DataFrame(rows)
+
+
+CLEAR = {  # shuffled: 29 points worse on rotation (diffs -30, -27, -30), spatial diffs +1, -1, 0
+    "baseline": {"pair_rotation": [0.80, 0.82, 0.78], "pair_spatial_cue": [0.70, 0.75, 0.72]},
+    "shuffled": {"pair_rotation": [0.50, 0.55, 0.48], "pair_spatial_cue": [0.71, 0.74, 0.72]},
+}
+
+
+def test_pair_tests_are_first_minus_second_by_seed():
+    runs = table(CLEAR)
+    (row,) = pair_tests(runs, [("shuffled", "baseline")], {"rotation": "pair_rotation"}, 0.05, 0.8)
+    assert (row["metric"], row["first"], row["second"], row["n_pairs"]) == (
+        "rotation",
+        "shuffled",
+        "baseline",
+        3,
+    )
+    assert row["diff"] == pytest.approx(-0.29)
+    assert row["diff_sd"] == pytest.approx(0.0173205080757)
+    assert row["t"] == pytest.approx(-29.0)
+    assert row["p_value"] == pytest.approx(0.0011869440385)  # 1 - |t| / sqrt(2 + t^2), two-sided, df 2
+    assert row["mdd"] == pytest.approx(MDD_N3 * 0.0173205080757)
+    assert row["p_sign_flip"] == 0.25
+
+
+def test_a_clear_control_is_detected_and_within_the_detectable_difference():
+    c = control_check(table(CLEAR), ["baseline", "shuffled", "dsts"], 0.05, 0.8)
+    assert c.missing == "" and c.detected and c.spatial_within_mdd
+    assert c.rotation["diff"] == pytest.approx(-0.29)
+    assert c.spatial["diff"] == pytest.approx(0.0, abs=1e-15)
+    assert (c.spatial["diff_ci_low"], c.spatial["diff_ci_high"]) == pytest.approx(
+        (-0.01 * HALF_N3, 0.01 * HALF_N3)
+    )
+    assert c.spatial["mdd"] == pytest.approx(0.01 * MDD_N3)
+
+
+def test_a_control_that_is_not_worse_is_not_detected():
+    same = dict(CLEAR, shuffled=dict(CLEAR["shuffled"], pair_rotation=[0.81, 0.80, 0.79]))  # diffs +1, -2, +1
+    c = control_check(table(same), ["baseline", "shuffled"], 0.05, 0.8)
+    assert not c.detected and c.spatial_within_mdd
+    better = dict(CLEAR, shuffled=dict(CLEAR["shuffled"], pair_rotation=[0.90, 0.91, 0.89]))
+    c = control_check(table(better), ["baseline", "shuffled"], 0.05, 0.8)
+    assert c.rotation["p_value"] < 0.05 and not c.detected  # significantly better is no detection
+
+
+def test_a_spatial_difference_beyond_the_detectable_difference_fails():
+    # diffs +3, +4, +5 points: CI [1.5, 6.5] points, MDD 3.3 points
+    off = dict(CLEAR, shuffled=dict(CLEAR["shuffled"], pair_spatial_cue=[0.73, 0.79, 0.77]))
+    c = control_check(table(off), ["baseline", "shuffled"], 0.05, 0.8)
+    assert c.detected and not c.spatial_within_mdd
+    assert c.spatial["diff_ci_high"] == pytest.approx(0.04 + 0.01 * HALF_N3) and c.spatial[
+        "mdd"
+    ] == pytest.approx(0.01 * MDD_N3)
+
+
+def test_a_control_that_cannot_be_checked():
+    c = control_check(table({"baseline": CLEAR["baseline"]}), ["baseline", "dsts"], 0.05, 0.8)
+    assert c.missing == "shuffled not among the variants" and not c.detected and not c.spatial_within_mdd
+    no_cues = table({v: {"top1": [0.5, 0.6, 0.7]} for v in ("baseline", "shuffled")})
+    c = control_check(no_cues, ["baseline", "shuffled"], 0.05, 0.8)
+    assert c.missing == "" and c.rotation is None and c.spatial is None and not c.detected
+    one_seed = table({v: {k: x[:1] for k, x in cols.items()} for v, cols in CLEAR.items()})
+    c = control_check(one_seed, ["baseline", "shuffled"], 0.05, 0.8)
+    assert c.rotation["n_pairs"] == 1 and not c.detected and not c.spatial_within_mdd
+
+
+def history(values: dict[int, float]) -> list[dict[str, float]]:
+    return [{"epoch": float(e), "val/top1": v} for e, v in values.items()]
+
+
+@pytest.mark.parametrize(
+    ("epochs", "start"),
+    [(1, 0), (2, 1), (3, 2), (4, 3), (6, 4), (10, 7), (12, 9), (30, 22)],  # q = max(1, floor(E/4 + 1/2))
+)
+def test_late_gain_spans_a_quarter_of_the_epochs(epochs, start):
+    rows = history({e: 0.01 * e for e in range(1, epochs + 1)})
+    gain, last, first = late_gain(rows)
+    assert (last, first) == (epochs, start)
+    if start == 0:
+        assert math.isnan(gain)  # one epoch: nothing to compare with
+    else:
+        assert gain == pytest.approx(0.01 * (epochs - start))
+
+
+def test_late_gain_is_unknown_without_validation_top1():
+    assert late_gain(history({1: 0.2, 2: 0.3, 3: 0.4}))[0] == pytest.approx(0.1)
+    assert math.isnan(late_gain(history({1: 0.2, 2: 0.3, 3: math.nan}))[0])
+    assert math.isnan(late_gain([{"epoch": 1.0, "train/loss": 1.0}, {"epoch": 2.0, "train/loss": 0.9}])[0])
+    gain, last, first = late_gain([])
+    assert math.isnan(gain) and (last, first) == (0, 0)
+
+
+def test_more_than_one_point_is_flagged():
+    assert not flagged(0.51 - 0.50)  # 0.010000000000000009: exactly 1 point of accuracy
+    assert flagged(0.0101) and not flagged(0.0) and not flagged(-0.02) and not flagged(math.nan)
+
+
+def test_routing_ends_skip_undefined_values():
+    rows = [
+        {"epoch": 1.0, "train/layer0/selection_entropy_norm": math.nan, "train/layer0/argmax_agreement": 0.5},
+        {"epoch": 2.0, "train/layer0/selection_entropy_norm": 0.9, "train/layer1/argmax_agreement": 0.7},
+        {"epoch": 3.0, "train/layer0/selection_entropy_norm": 0.6, "train/layer0/argmax_agreement": 0.8},
+        {"epoch": 4.0, "train/layer0/selection_entropy_norm": math.nan, "train/layer0/max_usage": 0.4},
+    ]
+    assert routing_ends(rows) == {
+        0: {
+            "selection_entropy_first": 0.9,
+            "selection_entropy_last": 0.6,
+            "agreement_first": 0.5,
+            "agreement_last": 0.8,
+        },
+        1: {"agreement_first": 0.7, "agreement_last": 0.7},
+    }
+    assert routing_ends([{"epoch": 1.0, "val/top1": 0.3}]) == {}
