@@ -50,7 +50,7 @@ def study_state(
     params: str | Path, variants: Sequence[str], seeds: Sequence[int], settings: Mapping[str, Any]
 ) -> tuple[str, dict[str, str], dict[str, Config]]:
     """``(key, params, configs)`` of a study. The key is a hash of what decides its numbers: the
-    variants and seeds, the report's ``settings`` (references, alpha, power) and each variant's
+    variants and seeds, the report's ``settings`` (comparisons, alpha, power) and each variant's
     evaluation settings (``dsts.config.EVALUATE_KEYS`` less the seed). Params: ``study.*``, the
     settings every variant shares under their usual names, and the others as ``<variant>/<key>``."""
     configs = {v: load_config(params, variant=v, seed=seeds[0]) for v in variants}

@@ -18,7 +18,7 @@ from dsts.tracking.study import log_study, study_state
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = ROOT / "params.yaml"
 VARIANTS = ["baseline", "dsts"]
-SETTINGS = {"references": "dsts", "alpha": 0.05, "power": 0.8}
+SETTINGS = {"comparisons": "dsts_vs_baseline", "alpha": 0.05, "power": 0.8}
 
 
 def train_run(variant: str, seed: int, runs: Path) -> str:
