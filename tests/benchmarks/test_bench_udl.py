@@ -131,33 +131,39 @@ def test_bench_udl_iteration(benchmark, method, scope):
 # -- the interleaved ratios and the peak memory, as a script
 
 
-def interleaved_ratios(rounds: int = 15) -> dict[str, dict[str, float]]:
-    """Median seconds of each UDL iteration and of the plain step timed in alternation, and their
+def interleaved_ratio(method: str, scope: str = "all", rounds: int = 15, plain=None) -> dict[str, float]:
+    """Median seconds of one UDL iteration and of the plain step timed in alternation, and their
     ratio (the median over rounds of UDL time / the plain step right before it)."""
+    plain = plain or make_runner("plain")[0]
+    run, _, _ = make_runner(method, scope)
+    for _ in range(2):
+        plain()
+        run()
+    ratios, times, base = [], [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        plain()
+        t1 = time.perf_counter()
+        run()
+        t2 = time.perf_counter()
+        base.append(t1 - t0)
+        times.append(t2 - t1)
+        ratios.append((t2 - t1) / (t1 - t0))
+    return {
+        "seconds": statistics.median(times),
+        "plain_seconds": statistics.median(base),
+        "ratio": statistics.median(ratios),
+    }
+
+
+def interleaved_ratios(rounds: int = 15) -> dict[str, dict[str, float]]:
+    """:func:`interleaved_ratio` of every method and scope, keyed ``"method/scope"``."""
     plain, _, _ = make_runner("plain")
-    out: dict[str, dict[str, float]] = {}
-    for scope in SCOPES:
-        for method in METHODS:
-            run, _, _ = make_runner(method, scope)
-            for _ in range(2):
-                plain()
-                run()
-            ratios, times, base = [], [], []
-            for _ in range(rounds):
-                t0 = time.perf_counter()
-                plain()
-                t1 = time.perf_counter()
-                run()
-                t2 = time.perf_counter()
-                base.append(t1 - t0)
-                times.append(t2 - t1)
-                ratios.append((t2 - t1) / (t1 - t0))
-            out[f"{method}/{scope}"] = {
-                "seconds": statistics.median(times),
-                "plain_seconds": statistics.median(base),
-                "ratio": statistics.median(ratios),
-            }
-    return out
+    return {
+        f"{method}/{scope}": interleaved_ratio(method, scope, rounds, plain)
+        for scope in SCOPES
+        for method in METHODS
+    }
 
 
 def _rss_kib(field: str) -> int:
