@@ -6,18 +6,20 @@ groups, as the trainer builds them. The plain step is what the trainer's joint s
 (forward, backward, one optimizer step over every parameter).
 
 Passes, counted before measuring (F / B: a forward / backward through the whole model; Fd / Bd:
-through the DSTS module and the head only; Fb / Bb: the backbone; Jb: a forward-mode pass of the
-backbone (its output's derivative along v, about 2 Fb of convolutions plus the BatchNorm tangents);
-Hd: the double backward through step 1's gradient graph of the DSTS module and head). UDLStep runs
-the backbone forward on D_train once for steps 1 and 3; step 3 is then Fd + Bd + Bb:
+through the DSTS module and the head only; Fb / Bb: the backbone; Tb: the backbone output's
+derivative along v, from the activations its forward on D_train left (``dsts.functional.tangent``:
+about 2 Fb of convolutions plus the BatchNorm tangents, no forward again; a backbone that is not a
+chain of convs, BatchNorm and ReLU takes a forward-mode pass instead, Fb + Tb); Hd: the double
+backward through step 1's gradient graph of the DSTS module and head). UDLStep runs the backbone
+forward on D_train once for steps 1 and 3; step 3 is then Fd + Bd + Bb:
 
 =================  ================================================  ==========================================
 method             scope "all"                                       scope "dsts"
 =================  ================================================  ==========================================
 plain step         F + B                                             (same)
 autograd           step 1 F + B (create_graph in DSTS/head),          Fb (D_val, no grad) + step 1 Fd + Bd
-                   step 2 F + B (v) + Jb + Hd, step 3:                (create_graph) + step 2 Fd + Bd + Hd +
-                   = 3 (F + B) + Jb + Hd - Fb   (first count,         step 3 = (F + B) + Fb + 2 (Fd + Bd) + Hd
+                   step 2 F + B (v) + Tb + Hd, step 3:                (create_graph) + step 2 Fd + Bd + Hd +
+                   = 3 (F + B) + Tb + Hd - Fb   (first count,         step 3 = (F + B) + Fb + 2 (Fd + Bd) + Hd
                    before the forward-mode split: 4 (F + B) - Fb,
                    the H going through the backbone too)
 finite_difference  step 1 F + B, v F + B, two passes F + Bd           Fb + step 1, v and the two passes
