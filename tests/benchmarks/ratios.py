@@ -12,6 +12,7 @@ read when torch loads) and takes the median of the per-round ratios. Run by hand
 
 from __future__ import annotations
 
+import os
 import re
 import statistics
 import sys
@@ -164,7 +165,7 @@ def main(rows: list[str]) -> int:
     unknown = set(rows) - set(MEASURES)
     if unknown:
         raise SystemExit(f"unknown row(s) {', '.join(sorted(unknown))}; rows: {', '.join(MEASURES)}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {_load()}")
     print(f"{'row':24s} {'goal':>8s} {'measured':>9s}  verdict", flush=True)
     failed = False
     for goal in goals:
@@ -174,7 +175,13 @@ def main(rows: list[str]) -> int:
         text, fails = verdict(goal, measured)
         failed |= fails
         print(f"{goal.row:24s} {goal.op} {goal.bound:6g} {measured:9.2f}  {text}", flush=True)
+    print(_load())
     return 1 if failed else 0
+
+
+def _load() -> str:
+    """The machine's load, printed before and after: a ratio measured on a busy machine says so."""
+    return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
 
 
 if __name__ == "__main__":
