@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS := 1
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: setup lock repro smoke verify-repro test test-fast bench lint ui mlflow-server clean
+.PHONY: setup lock repro smoke verify-repro test test-fast bench bench-compare bench-ratios lint ui mlflow-server clean
 
 # The install runs only when requirements.txt, requirements.lock or pyproject.toml changed since the
 # last one. requirements.lock pins every distribution pip resolved (a constraints file).
@@ -56,8 +56,17 @@ test: setup
 test-fast: setup
 	python -m pytest --benchmark-disable -m "not slow" $(PYTEST_ARGS)
 
+# Timings saved under .benchmarks/ with the machine's description; bench-compare fails when a median
+# is 25% slower than the last saved run; bench-ratios sets the ratios against the goals of
+# tests/benchmarks/README.md. By hand, not in CI: timing there is noise.
 bench: setup
-	python -m pytest --benchmark-only tests/benchmarks $(PYTEST_ARGS)
+	python -m pytest --benchmark-only --benchmark-autosave tests/benchmarks $(PYTEST_ARGS)
+
+bench-compare: setup
+	python -m pytest --benchmark-only --benchmark-compare --benchmark-compare-fail=median:25% tests/benchmarks $(PYTEST_ARGS)
+
+bench-ratios: setup
+	python -m tests.benchmarks.ratios $(ROWS)
 
 lint: setup
 	ruff check dsts pipeline tests

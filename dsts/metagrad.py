@@ -22,9 +22,10 @@ from dsts.functional import (
     call,
     detached,
     grads,
-    jvp,
     leaves,
     substituted_output,
+    tangent,
+    taped,
 )
 from dsts.layers import DSTSLayer
 from dsts.module import DSTS
@@ -99,7 +100,8 @@ class Runner:
     on ``D_train``, computed by :class:`dsts.udl.UDLStep` with the real parameters (and their graph)
     for its step 3; step 1 then starts from it instead of running the backbone again (scope
     ``"all"`` differentiates through its graph to the real backbone parameters; ``"dsts"`` uses it
-    detached). ``reduce``: the reduction hook (:class:`Reduce`).
+    detached), and ``tape`` what that forward left for the backbone's tangent (:func:`dsts.functional.taped`).
+    ``reduce``: the reduction hook (:class:`Reduce`).
     """
 
     def __init__(
@@ -111,6 +113,7 @@ class Runner:
         scope: str,
         shared: Tensor | None = None,
         reduce: Reduce = no_reduction,
+        tape: list[tuple] | None = None,
     ) -> None:
         self.model = model
         self.loss_fn = loss_fn
@@ -126,6 +129,7 @@ class Runner:
         if shared is not None and self.backbone is None:
             raise ValueError("UDL: shared backbone features need a model.backbone without DSTS layers")
         self.shared = shared
+        self.tape = tape if shared is not None else None
         # scope "all" starting from ``shared``: step 3 goes back through its graph afterwards
         self.retain = shared is not None and bool(self.backbone_names)
 
@@ -186,9 +190,11 @@ def autograd_split(run: Runner, train_batch: Batch, val_batch: Batch, alpha: flo
 
     The backbone's gradient is ``g_b = J^T dX`` (``J``: the Jacobian of its output ``X`` in its
     parameters, which does not depend on ``u``; ``dX = grad_X loss``, which does). So
-    ``v_b . g_b = (J v_b) . dX``: one forward-mode pass gives ``J v_b``, and the double backward
-    runs through the DSTS module and the head only, instead of through the backbone's backward
-    (conv and BatchNorm double backward, the costly part on the default model)."""
+    ``v_b . g_b = (J v_b) . dX``: the tangent ``J v_b`` of the backbone's forward on ``D_train``
+    (from the activations that forward left, :func:`dsts.functional.tangent`, else one forward-mode
+    pass), and the double backward runs through the DSTS module and the head only, instead of through
+    the backbone's backward (conv and BatchNorm double backward, the costly part on the default
+    model)."""
     rng = Generators(run.model)
     x = train_batch[0]
     start = rng.get()
@@ -196,11 +202,12 @@ def autograd_split(run: Runner, train_batch: Batch, val_batch: Batch, alpha: flo
     rest = leaves({n: run.downstream[n] for n in run.inner if n not in run.backbone_names})
     if run.shared is not None:
         backbone = {n: run.downstream[n] for n in run.backbone_names}
-        features = run.shared
+        features, tape = run.shared, run.tape
     else:
         backbone = leaves({n: run.downstream[n] for n in run.backbone_names})
         assert run.backbone is not None
-        features = call(run.backbone, run.backbone_local(backbone), x)
+        with taped(run.backbone) as tape:
+            features = call(run.backbone, run.backbone_local(backbone), x)
     # step 1: the DSTS and head part kept differentiable in u, the backbone's part by dX
     train_loss = run.loss({**u, **rest}, train_batch, features)
     names = list(rest)
@@ -221,12 +228,13 @@ def autograd_split(run: Runner, train_batch: Batch, val_batch: Batch, alpha: flo
     val_loss = run.loss({**detached(run.upstream), **d_hat}, val_batch, None)
     v = run.reduce(grads(val_loss, d_hat))
     end = rng.get()
-    rng.set(start)  # the tangent pass replays step 1's draws, if the backbone made any
+    rng.set(start)  # a forward-mode pass replays step 1's draws, if the backbone made any
     assert run.backbone is not None
-    tangent = jvp(run.backbone, run.backbone_local({n: v[n] for n in backbone}), x)
+    t = tangent(run.backbone, run.backbone_local({n: v[n] for n in backbone}), x, tape)
+    del tape
     rng.set(end)
     outputs = [g[n] for n in g if g[n].requires_grad] + ([d_x] if d_x.requires_grad else [])
-    weights = [v[n] for n in g if g[n].requires_grad] + ([tangent] if d_x.requires_grad else [])
+    weights = [v[n] for n in g if g[n].requires_grad] + ([t] if d_x.requires_grad else [])
     if outputs:
         hv = torch.autograd.grad(outputs, list(u.values()), grad_outputs=weights, allow_unused=True)
     else:

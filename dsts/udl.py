@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dsts import metagrad
-from dsts.functional import as_grad, recorded_attributes_kept, substituted_output
+from dsts.functional import as_grad, recorded_attributes_kept, substituted_output, taped
 from dsts.layers import DSTSLayer
 from dsts.metagrad import Batch, LossFn, MetaResult, Reduce, Runner, cacheable_backbone, no_reduction
 
@@ -99,15 +99,21 @@ class MetaGradient:
             raise ValueError(f"UDL fd_eps: {self.fd_eps!r} is impossible (must be finite and > 0)")
 
     def __call__(
-        self, model: nn.Module, train_batch: Batch, val_batch: Batch, shared: Tensor | None = None
+        self,
+        model: nn.Module,
+        train_batch: Batch,
+        val_batch: Batch,
+        shared: Tensor | None = None,
+        tape: list[tuple] | None = None,
     ) -> MetaResult:
         """``shared`` is the backbone's output on ``D_train`` computed by the caller with the real
-        parameters (see :class:`UDLStep`); it changes nothing of the result."""
+        parameters, ``tape`` what that forward left (see :class:`UDLStep`); neither changes the
+        result beyond rounding."""
         train_batch = _check_batch(train_batch, "train_batch")
         val_batch = _check_batch(val_batch, "val_batch")
         upstream, downstream = _split_with_decisions(model, "UDL")
         reduce = self.reduce or no_reduction
-        run = Runner(model, upstream, downstream, self.loss_fn, self.scope, shared, reduce)
+        run = Runner(model, upstream, downstream, self.loss_fn, self.scope, shared, reduce, tape)
         alpha = self.inner_lr
         with recorded_attributes_kept(model), torch.enable_grad():
             if self.method == "autograd":
@@ -200,9 +206,12 @@ class UDLStep:
         x, y = _check_batch(train_batch, "train_batch")
         with torch.enable_grad():
             # Step 3's backbone forward on D_train, run first: the backbone does not depend on u,
-            # so its output (and graph) serves step 1 as well as step 3, one backbone forward fewer.
-            shared = None if self.backbone is None else self.backbone(x)
-            meta = self.meta(self.model, (x, y), val_batch, shared)
+            # so its output (and graph) serves step 1 as well as step 3, one backbone forward fewer;
+            # its activations serve the autograd method's backbone tangent too (no forward again).
+            with taped(self.backbone) as tape:
+                shared = None if self.backbone is None else self.backbone(x)
+            meta = self.meta(self.model, (x, y), val_batch, shared, tape)
+            del tape
             # step 2: u' = u - lr_u * meta-gradient, by the upstream optimizer
             for name, param in self.upstream.items():
                 param.grad = meta.grads[name]

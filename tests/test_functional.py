@@ -19,10 +19,13 @@ from dsts.functional import (
     Generators,
     as_grad,
     call,
+    chain,
     grads,
     jvp,
     recorded_attributes_kept,
     substituted_output,
+    tangent,
+    taped,
 )
 from dsts.layers import DSTSLayer
 from dsts.udl import METHODS, meta_gradient, split_parameters
@@ -229,6 +232,96 @@ def test_jvp_is_the_directional_derivative():
     minus = call(model, {"0.weight": model[0].weight.detach() - h * tangent["0.weight"]}, x)
     torch.testing.assert_close(jvp(model, tangent, x), (plus - minus) / (2 * h), rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(jvp(model, {}, x), torch.zeros(5, 2, dtype=torch.float64))
+
+
+@st.composite
+def chains(draw):
+    """A random float64 chain of 3D convs, BatchNorm, ReLU and Identity (nested Sequentials), in
+    training or evaluation mode, its input, and tangents for a random subset of its parameters."""
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    channels, blocks = 2, []
+    for _ in range(draw(st.integers(1, 3))):
+        out = draw(st.integers(1, 3))
+        kernel, bias = draw(st.sampled_from((1, 3))), draw(st.booleans())
+        block = [nn.Conv3d(channels, out, kernel, padding="same", bias=bias)]
+        if draw(st.booleans()):
+            block.append(
+                nn.BatchNorm3d(out, affine=draw(st.booleans()), track_running_stats=draw(st.booleans()))
+            )
+        block.append(draw(st.sampled_from((nn.ReLU(inplace=True), nn.ReLU(), nn.Identity()))))
+        blocks += [nn.Sequential(*block)] if draw(st.booleans()) else block
+        channels = out
+    module = nn.Sequential(*blocks).double().train(draw(st.booleans()))
+
+    def draw_like(t: torch.Tensor) -> torch.Tensor:
+        return torch.randn(t.shape, generator=gen, dtype=torch.float64)
+
+    with torch.no_grad():
+        for name, t in [*module.named_parameters(), *module.named_buffers()]:
+            if t.is_floating_point():
+                t.copy_(draw_like(t).abs() + 0.5 if name.endswith("running_var") else draw_like(t))
+    params = dict(module.named_parameters())
+    chosen = draw(st.lists(st.sampled_from(sorted(params)), unique=True))
+    return module, draw_like(torch.empty(3, 2, 2, 3, 3)), {n: draw_like(params[n]) for n in chosen}
+
+
+@given(chains())
+def test_the_taped_tangent_is_forward_mode_without_the_forward(case):
+    module, x, tangents = case
+    assert chain(module) is not None
+    with taped(module) as tape:
+        out = module(x)
+    assert tape is not None and len(tape) == len(chain(module))
+    runs = []
+    module.register_forward_pre_hook(lambda *_: runs.append(1))
+    got = tangent(module, tangents, x, tape)
+    assert not runs, "the taped tangent ran the forward again"
+    want = jvp(module, tangents, x)
+    assert got.shape == out.shape
+    # atol: a BatchNorm after a one-channel conv cancels the tangent to rounding noise
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-8)
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(2, 2, 1)
+
+    def forward(self, x):
+        return x + self.conv(x)
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        Residual(),  # a forward of its own
+        nn.Sequential(nn.Conv3d(2, 2, 1), nn.Tanh()),  # a link without a tangent rule
+        nn.Sequential(nn.Conv3d(2, 2, 3, padding=1, padding_mode="reflect")),
+    ],
+)
+def test_a_module_that_is_not_a_chain_has_no_tape_and_takes_forward_mode(module):
+    torch.manual_seed(0)
+    module = module.double()
+    x = torch.randn(3, 2, 2, 3, 3, dtype=torch.float64)
+    assert chain(module) is None
+    with taped(module) as tape:
+        module(x)
+    assert tape is None
+    tangents = {n: torch.randn_like(p) for n, p in module.named_parameters()}
+    torch.testing.assert_close(tangent(module, tangents, x, tape), jvp(module, tangents, x))
+
+
+def test_a_tape_whose_tensors_changed_since_is_not_used():
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Conv3d(2, 2, 1), nn.ReLU()).double()
+    x = torch.randn(3, 2, 2, 3, 3, dtype=torch.float64)
+    with taped(module) as tape:
+        module(x)
+    x.mul_(-2)
+    tangents = {"0.weight": torch.randn(2, 2, 1, 1, 1, dtype=torch.float64)}
+    now = jvp(module, tangents, x)
+    torch.testing.assert_close(tangent(module, tangents, x, tape), now)
+    assert not torch.allclose(now, jvp(module, tangents, x / -2))
 
 
 def test_grads_are_exact_zeros_where_the_loss_does_not_reach():

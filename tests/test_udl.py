@@ -68,7 +68,7 @@ def test_split_parameters_goes_by_the_layer_class_not_the_name():
 
 @pytest.mark.parametrize(
     ("method", "scope", "computed"),
-    [("autograd", "all", 3), ("finite_difference", "all", 4), ("first_order", "all", 2)]
+    [("autograd", "all", 2), ("finite_difference", "all", 4), ("first_order", "all", 2)]
     + [(m, "dsts", 2) for m in METHODS],
 )
 def test_udl_step_shares_the_backbone_forward_of_steps_1_and_3(method, scope, computed):

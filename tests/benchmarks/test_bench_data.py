@@ -20,14 +20,18 @@ CLIPS_PER_CLASS = 4  # x 16 classes = 64 training clips
 ROOT_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 
 
-@pytest.fixture(scope="module")
-def data_config(tmp_path_factory):
+def generated_data(root: Path):
+    """The default data config on a 64-clip generated set written under ``root``."""
     cfg = load_config(ROOT_PARAMS).data
-    root = tmp_path_factory.mktemp("bench") / "generated"
     gen = cfg.generate
     generate_benchmark(root, gen.classes, CLIPS_PER_CLASS, 1, gen.frames, gen.size, seed=0, jobs=2)
     cfg.root = str(root)
     return cfg
+
+
+@pytest.fixture(scope="module")
+def data_config(tmp_path_factory):
+    return generated_data(tmp_path_factory.mktemp("bench") / "generated")
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -7,6 +7,7 @@ runs each body once (``--benchmark-disable``) and checks what it timed.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -23,31 +24,6 @@ def _features(seed: int = 0) -> torch.Tensor:
     return torch.randn(B, C, T, H, W, generator=torch.Generator().manual_seed(seed)).relu()
 
 
-@pytest.mark.parametrize("routing", ["dense", "sparse"])
-@pytest.mark.parametrize("neurons", [4, 8, 16])
-def test_bench_layer_forward_backward(benchmark, neurons, routing):
-    benchmark.group = f"DSTS layer fwd+bwd, N={neurons}"
-    torch.manual_seed(0)
-    layer = DSTSLayer(C, neurons, routing=routing).train()
-    x = _features().requires_grad_()
-    reference = copy.deepcopy(layer)
-
-    def step() -> torch.Tensor:
-        torch.manual_seed(1)
-        y = layer(x)
-        y.sum().backward()
-        return y
-
-    y = benchmark(step)
-    # What was timed is the layer's forward: the other routing gives it under the same draws.
-    reference.routing = "sparse" if routing == "dense" else "dense"
-    reference.load_state_dict(layer.state_dict())
-    reference.bn_num_batches_tracked.zero_()
-    torch.manual_seed(1)
-    torch.testing.assert_close(reference(x), y, rtol=1e-4, atol=1e-4)
-    assert len(layer.last_selection.unique()) > 1
-
-
 def _literal_spikes(layer: DSTSLayer, x: torch.Tensor) -> torch.Tensor:
     return torch.stack(
         [
@@ -58,9 +34,25 @@ def _literal_spikes(layer: DSTSLayer, x: torch.Tensor) -> torch.Tensor:
     )
 
 
-@pytest.mark.parametrize("method", ["identity", "conv_then_sum"])
-def test_bench_spike(benchmark, method):
-    benchmark.group = "spike fwd+bwd, N=4"
+def layer_step(neurons: int, routing: str) -> tuple[Callable[[], torch.Tensor], DSTSLayer, torch.Tensor]:
+    """``(one forward and backward of a training-mode layer, the layer, its input)``; the step
+    reseeds, so every call draws the same noise."""
+    torch.manual_seed(0)
+    layer = DSTSLayer(C, neurons, routing=routing).train()
+    x = _features().requires_grad_()
+
+    def step() -> torch.Tensor:
+        torch.manual_seed(1)
+        y = layer(x)
+        y.sum().backward()
+        return y
+
+    return step, layer, x
+
+
+def spike_step(method: str) -> tuple[Callable[[], torch.Tensor], DSTSLayer, torch.Tensor]:
+    """``(the spikes' forward and backward by ``method``, the layer, its input)``: ``"identity"``
+    (``DSTSLayer.spikes``) or ``"conv_then_sum"`` (a conv per neuron, then the sum)."""
     torch.manual_seed(0)
     layer = DSTSLayer(C, 4)
     x = _features().requires_grad_()
@@ -71,6 +63,29 @@ def test_bench_spike(benchmark, method):
         v.sum().backward()
         return v
 
+    return step, layer, x
+
+
+@pytest.mark.parametrize("routing", ["dense", "sparse"])
+@pytest.mark.parametrize("neurons", [4, 8, 16])
+def test_bench_layer_forward_backward(benchmark, neurons, routing):
+    benchmark.group = f"DSTS layer fwd+bwd, N={neurons}"
+    step, layer, x = layer_step(neurons, routing)
+    reference = copy.deepcopy(layer)
+    y = benchmark(step)
+    # What was timed is the layer's forward: the other routing gives it under the same draws.
+    reference.routing = "sparse" if routing == "dense" else "dense"
+    reference.load_state_dict(layer.state_dict())
+    reference.bn_num_batches_tracked.zero_()
+    torch.manual_seed(1)
+    torch.testing.assert_close(reference(x), y, rtol=1e-4, atol=1e-4)
+    assert len(layer.last_selection.unique()) > 1
+
+
+@pytest.mark.parametrize("method", ["identity", "conv_then_sum"])
+def test_bench_spike(benchmark, method):
+    benchmark.group = "spike fwd+bwd, N=4"
+    step, layer, x = spike_step(method)
     v = benchmark(step)
     torch.testing.assert_close(v, _literal_spikes(layer, x).detach(), rtol=1e-4, atol=1e-4)
 

@@ -6,18 +6,20 @@ groups, as the trainer builds them. The plain step is what the trainer's joint s
 (forward, backward, one optimizer step over every parameter).
 
 Passes, counted before measuring (F / B: a forward / backward through the whole model; Fd / Bd:
-through the DSTS module and the head only; Fb / Bb: the backbone; Jb: a forward-mode pass of the
-backbone (its output's derivative along v, about 2 Fb of convolutions plus the BatchNorm tangents);
-Hd: the double backward through step 1's gradient graph of the DSTS module and head). UDLStep runs
-the backbone forward on D_train once for steps 1 and 3; step 3 is then Fd + Bd + Bb:
+through the DSTS module and the head only; Fb / Bb: the backbone; Tb: the backbone output's
+derivative along v, from the activations its forward on D_train left (``dsts.functional.tangent``:
+about 2 Fb of convolutions plus the BatchNorm tangents, no forward again; a backbone that is not a
+chain of convs, BatchNorm and ReLU takes a forward-mode pass instead, Fb + Tb); Hd: the double
+backward through step 1's gradient graph of the DSTS module and head). UDLStep runs the backbone
+forward on D_train once for steps 1 and 3; step 3 is then Fd + Bd + Bb:
 
 =================  ================================================  ==========================================
 method             scope "all"                                       scope "dsts"
 =================  ================================================  ==========================================
 plain step         F + B                                             (same)
 autograd           step 1 F + B (create_graph in DSTS/head),          Fb (D_val, no grad) + step 1 Fd + Bd
-                   step 2 F + B (v) + Jb + Hd, step 3:                (create_graph) + step 2 Fd + Bd + Hd +
-                   = 3 (F + B) + Jb + Hd - Fb   (first count,         step 3 = (F + B) + Fb + 2 (Fd + Bd) + Hd
+                   step 2 F + B (v) + Tb + Hd, step 3:                (create_graph) + step 2 Fd + Bd + Hd +
+                   = 3 (F + B) + Tb + Hd - Fb   (first count,         step 3 = (F + B) + Fb + 2 (Fd + Bd) + Hd
                    before the forward-mode split: 4 (F + B) - Fb,
                    the H going through the backbone too)
 finite_difference  step 1 F + B, v F + B, two passes F + Bd           Fb + step 1, v and the two passes
@@ -131,33 +133,39 @@ def test_bench_udl_iteration(benchmark, method, scope):
 # -- the interleaved ratios and the peak memory, as a script
 
 
-def interleaved_ratios(rounds: int = 15) -> dict[str, dict[str, float]]:
-    """Median seconds of each UDL iteration and of the plain step timed in alternation, and their
+def interleaved_ratio(method: str, scope: str = "all", rounds: int = 15, plain=None) -> dict[str, float]:
+    """Median seconds of one UDL iteration and of the plain step timed in alternation, and their
     ratio (the median over rounds of UDL time / the plain step right before it)."""
+    plain = plain or make_runner("plain")[0]
+    run, _, _ = make_runner(method, scope)
+    for _ in range(2):
+        plain()
+        run()
+    ratios, times, base = [], [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        plain()
+        t1 = time.perf_counter()
+        run()
+        t2 = time.perf_counter()
+        base.append(t1 - t0)
+        times.append(t2 - t1)
+        ratios.append((t2 - t1) / (t1 - t0))
+    return {
+        "seconds": statistics.median(times),
+        "plain_seconds": statistics.median(base),
+        "ratio": statistics.median(ratios),
+    }
+
+
+def interleaved_ratios(rounds: int = 15) -> dict[str, dict[str, float]]:
+    """:func:`interleaved_ratio` of every method and scope, keyed ``"method/scope"``."""
     plain, _, _ = make_runner("plain")
-    out: dict[str, dict[str, float]] = {}
-    for scope in SCOPES:
-        for method in METHODS:
-            run, _, _ = make_runner(method, scope)
-            for _ in range(2):
-                plain()
-                run()
-            ratios, times, base = [], [], []
-            for _ in range(rounds):
-                t0 = time.perf_counter()
-                plain()
-                t1 = time.perf_counter()
-                run()
-                t2 = time.perf_counter()
-                base.append(t1 - t0)
-                times.append(t2 - t1)
-                ratios.append((t2 - t1) / (t1 - t0))
-            out[f"{method}/{scope}"] = {
-                "seconds": statistics.median(times),
-                "plain_seconds": statistics.median(base),
-                "ratio": statistics.median(ratios),
-            }
-    return out
+    return {
+        f"{method}/{scope}": interleaved_ratio(method, scope, rounds, plain)
+        for scope in SCOPES
+        for method in METHODS
+    }
 
 
 def _rss_kib(field: str) -> int:
