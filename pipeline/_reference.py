@@ -17,8 +17,8 @@ from dsts.data.dataset import VAL_LIST
 
 
 def plain_cnn(classes: int) -> nn.Sequential:
-    """Four conv3d blocks (32, 64, 64, 128 channels; the first strided in space, pooling after the
-    first three), global average pooling, a linear head."""
+    """Four conv3d blocks (32, 64, 64, 128 channels; max pooling after the first three, the first in
+    space only), global average pooling, a linear head."""
 
     def block(c_in: int, c_out: int, pool: tuple[int, int, int] | None) -> list[nn.Module]:
         layers: list[nn.Module] = [
@@ -61,11 +61,19 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return hits / len(x)
 
 
-def train_reference(root: Path, epochs: int, seed: int, stride: int, size: int, lr: float) -> dict:
+def load_data(root: Path, stride: int, size: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The train, val (when the data set has a list for it) and test splits, decoded once."""
+    splits = ("train", "val", "test") if (root / VAL_LIST).is_file() else ("train", "test")
+    return {split: load_split(root, split, stride, size) for split in splits}
+
+
+def train_reference(
+    data: dict[str, tuple[torch.Tensor, torch.Tensor]], epochs: int, seed: int, lr: float
+) -> dict:
     torch.manual_seed(seed)
-    x, y = load_split(root, "train", stride, size)
-    xt, yt = load_split(root, "test", stride, size)
-    xv, yv = load_split(root, "val", stride, size) if (root / VAL_LIST).is_file() else (xt[:0], yt[:0])
+    x, y = data["train"]
+    xt, yt = data["test"]
+    xv, yv = data.get("val", (xt[:0], yt[:0]))
     model = plain_cnn(int(y.max()) + 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * (len(x) // 16)

@@ -38,12 +38,10 @@ def main() -> int:
     args = parser.parse_args()
     pin_environment(True, 2)  # the same kernels as the pipeline's portable runs
     # Imported after the pins, on purpose: torch reads them once, when it loads (dsts/portable.py).
-    from pipeline._reference import train_reference
+    from pipeline._reference import load_data, train_reference
 
-    results = [
-        train_reference(Path(args.root), args.epochs, seed, args.stride, args.size, args.lr)
-        for seed in args.seeds
-    ]
+    data = load_data(Path(args.root), args.stride, args.size)
+    results = [train_reference(data, args.epochs, seed, args.lr) for seed in args.seeds]
     for r in results:
         print(
             f"seed {r['seed']}: val top-1 {100 * r['val_top1']:.1f}%, test top-1 {100 * r['test_top1']:.1f}% "
