@@ -196,9 +196,19 @@ def has_validation(cfg: Any) -> bool:
     return has_val_list(cfg) or cfg.val_fraction > 0
 
 
+def held_out_count(n: int, fraction: float) -> int:
+    """How many of a class's ``n`` training clips validation holds out: ``round(fraction * n)``, but at
+    least one and never all of them, so a small class is still validated and still trained on; a class
+    of one clip keeps it for training."""
+    if fraction <= 0 or n < 2:
+        return 0
+    return min(n - 1, max(1, int(round(fraction * n))))
+
+
 def held_out(table: pd.DataFrame, fraction: float) -> np.ndarray:
-    """A boolean mask of the rows held out for validation: ``round(fraction * n)`` rows of each class
-    of ``n``, chosen by a permutation seeded by the label alone, so every seed and variant shares it."""
+    """A boolean mask of the rows held out for validation: ``held_out_count(n, fraction)`` rows of each
+    class of ``n``, chosen by a permutation seeded by the label alone, so every seed and variant
+    shares it."""
     mask = np.zeros(len(table), dtype=bool)
     labels = table["label"].to_numpy()
     for label in np.unique(labels):
@@ -206,7 +216,7 @@ def held_out(table: pd.DataFrame, fraction: float) -> np.ndarray:
         order = torch.randperm(
             len(rows), generator=torch.Generator().manual_seed(mix_seed(VAL_STREAM, int(label)))
         )
-        mask[rows[order[: int(round(fraction * len(rows)))].numpy()]] = True
+        mask[rows[order[: held_out_count(len(rows), fraction)].numpy()]] = True
     return mask
 
 
@@ -225,6 +235,11 @@ def _annotation(cfg: Any, split: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     if split == "val" and cfg.val_fraction == 0:
         raise DataError(f"{cfg.root}: no validation split (no {VAL_LIST}, and data.val_fraction is 0)")
     held = held_out(full, cfg.val_fraction)
+    if split == "val" and not held.any():
+        raise DataError(
+            f"{cfg.root}: data.val_fraction {cfg.val_fraction} holds out no clip (every class has one);"
+            " set it to 0 to train without validation"
+        )
     part = full[held] if split == "val" else full[~held]
     part.attrs = dict(full.attrs)
     return part, full

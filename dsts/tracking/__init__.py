@@ -236,7 +236,7 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, Any], s
     items = [
         Metric(key, float(value), now, step)
         for key, value in sorted(metrics.items())
-        if isinstance(value, (int, float)) and value == value  # drop NaN
+        if isinstance(value, (int, float))  # NaN too: an undefined statistic stays visible as NaN
     ]
     for i in range(0, len(items), 500):
         batch = items[i : i + 500]

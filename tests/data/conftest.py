@@ -47,6 +47,7 @@ def tiny_config(root: Path, **changes) -> DataConfig:
         "num_frames": 4,
         "resize": 32,
         "crop": 28,
+        "val_fraction": 0.0,  # the tiny benchmark has no val list; tests that need one set it
         "generate": GenerateConfig(**TINY),
     }
     fields.update(changes)

@@ -8,10 +8,14 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dsts.data import DataError, build_dataset, build_loader, set_epoch
+from dsts.data.dataset import held_out
 from dsts.data.sampling import segment_indices
 from dsts.data.transforms import MEAN, STD
 from tests.data.conftest import numbered_frames, tiny_config, write_json, write_lossless
@@ -271,3 +275,47 @@ def test_finegym_dataset(tmp_path):
     assert frame_numbers(clip[0]) == list(segment_indices(12, 4, False))  # the whole clip
     with pytest.raises(DataError, match="gym99_val_element.txt: no such annotation file"):
         build_dataset(cfg, "test", train=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 30), min_size=1, max_size=6),
+    fraction=st.sampled_from([0.0, 0.05, 0.1, 0.25, 0.5, 0.9]),
+    shuffle=st.integers(0, 2**16),
+)
+def test_held_out_is_stratified_and_depends_on_the_class_alone(sizes, fraction, shuffle):
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    table = pd.DataFrame({"label": labels, "clip": np.arange(len(labels))})
+    mask = held_out(table, fraction)
+    for label, n in enumerate(sizes):
+        held = int(mask[labels == label].sum())
+        if fraction == 0 or n == 1:
+            assert held == 0  # nothing to hold out, or a lone clip stays in training
+        else:
+            assert 1 <= held <= n - 1  # every class validated and still trained on
+            assert held == min(n - 1, max(1, round(fraction * n)))
+    # a class's held-out clips do not depend on the other classes' rows or where they sit
+    shuffled = table.sample(frac=1.0, random_state=shuffle)
+    moved = pd.concat([shuffled[shuffled["label"] != 0], table[table["label"] == 0]])
+    again = held_out(moved, fraction)
+    first = table["label"] == 0
+    assert set(moved["clip"][again & (moved["label"] == 0).to_numpy()]) == set(
+        table["clip"][mask & first.to_numpy()]
+    )
+
+
+def test_val_fraction_holds_out_a_disjoint_part_of_the_training_list(tmp_path):
+    frames = numbered_frames(8)
+    entries = []
+    for i in range(9):
+        write_lossless(tmp_path / "rgb" / f"v{i}.mp4", frames)
+        entries.append({"vid_name": f"v{i}", "label": i % 3, "start_frame": 0, "end_frame": 8})
+    write_json(tmp_path / "Diving48_V2_train.json", entries)
+    cfg = numbered_config(tmp_path, val_fraction=0.1)
+    train = build_dataset(cfg, "train", train=True)
+    val = build_dataset(cfg, "val", train=False)
+    train_clips, val_clips = set(train.table["path"]), set(val.table["path"])
+    assert len(val_clips) == 3 and len(train_clips) == 6 and not train_clips & val_clips
+    assert sorted(val.table["label"]) == [0, 1, 2]
+    with pytest.raises(DataError, match="val_fraction 0.0|no validation split"):
+        build_dataset(numbered_config(tmp_path, val_fraction=0.0), "val", train=False)
