@@ -36,6 +36,7 @@ __all__ = [
     "plot_layer_heatmaps",
     "plot_learning_curves",
     "plot_routing",
+    "plot_run_routing",
     "plot_seed_curves",
     "plot_usage_heatmap",
 ]
@@ -371,6 +372,15 @@ def plot_seed_curves(panels: Sequence[tuple[str, Mapping[str, Any]]], path: str 
 
 
 LAYER_STYLES = ("-", "--", ":", "-.")
+# The training-time routing statistics (``train/layer{j}/<stat>`` in history.csv) and their axis labels.
+ROUTING_STATS = {
+    "selection_entropy_norm": "normalized selection entropy",
+    "argmax_agreement": "argmax agreement",
+    "usage_entropy_norm": "normalized usage entropy",
+    "max_usage": "largest neuron usage",
+    "temporal_fraction": "temporal gate fraction",
+}
+_ROUTING_KEY = re.compile(r"^train/layer(\d+)/(.+)$")
 
 
 def plot_routing(
@@ -392,6 +402,32 @@ def plot_routing(
         return colour, LAYER_STYLES[int(layer) % len(LAYER_STYLES)], f"{_short(variant)} layer {layer}"
 
     return _curve_panels(panels, path, style, (-0.02, 1.02))
+
+
+def plot_run_routing(
+    history: Sequence[Mapping[str, Any]], name: str, path: str | os.PathLike[str]
+) -> Path | None:
+    """One run's routing trajectories from its history rows (``epoch`` and ``train/layer{j}/<stat>``):
+    a panel per statistic of ``ROUTING_STATS`` with a value at some epoch, a line per layer. ``None``
+    (and no file) when the run routes nothing: no DSTS layer, or one neuron."""
+    curves: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for row in history:
+        for key, value in row.items():
+            match = _ROUTING_KEY.match(str(key))
+            if match and match.group(2) in ROUTING_STATS and math.isfinite(float(value)):
+                curves.setdefault((match.group(2), int(match.group(1))), []).append(
+                    (float(row["epoch"]), float(value))
+                )
+    panels = []
+    for stat, label in ROUTING_STATS.items():
+        lines = {}
+        for (kind, layer), points in sorted(curves.items()):
+            if kind == stat:
+                xs, ys = zip(*sorted(points))
+                lines[name, layer] = (xs, ys, [math.nan] * len(xs))
+        if lines:
+            panels.append((label, lines))
+    return plot_routing(panels, path) if panels else None
 
 
 def plot_layer_heatmaps(

@@ -3,8 +3,9 @@
 Reads ``runs/<variant>/seed<S>/model.pt``; writes ``metrics.json`` (flat numbers: accuracy,
 routing statistics, parameters and FLOPs per clip; no timings, so that it is byte-identical run
 after run), ``cost.json`` (the CPU latency per clip, a timing), ``per_class.csv``, and ``plots/``:
-``confusion.png`` and one ``usage_layer<j>.png`` (class x neuron) per DSTS layer, and logs them to
-the MLflow run that trained the model.
+``confusion.png``, one ``usage_layer<j>.png`` (class x neuron) per DSTS layer and ``routing.png`` (the
+training-time routing statistics per epoch and layer, from the saved history), and logs them to the
+MLflow run that trained the model.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def main() -> int:
     from dsts.data import build_dataset, build_loader
     from dsts.engine import evaluation_metrics, predict, resolve_device
     from dsts.files import write_json
-    from dsts.plots import plot_confusion, plot_usage_heatmap
+    from dsts.plots import plot_confusion, plot_run_routing, plot_usage_heatmap
     from dsts.portable import fingerprint, pin_torch
     from dsts.runs import write_metrics, write_per_class, write_predictions
     from dsts.tracking import Tracker
@@ -70,6 +71,8 @@ def main() -> int:
                 usage, names, out.plots / name, f"{cfg.variant} seed {cfg.train.seed}: layer {layer}"
             )
             plots.append(name)
+        if plot_run_routing(saved["history"], cfg.variant, out.plots / "routing.png"):
+            plots.append("routing.png")
         for line in S.collapse_warnings(metrics):
             print(f"warning: {line}")
     write_metrics(out.metrics, metrics)

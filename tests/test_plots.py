@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import matplotlib.image as mpimg
@@ -142,6 +143,23 @@ def test_routing_png(tmp_path):
     empty = plots.plot_routing([("selection entropy", {}), ("argmax agreement", {})], tmp_path / "empty.png")
     assert read_png(empty).shape[:2] == (420, 2 * 550)  # no routed variant: each panel says so
     assert sorted(os.listdir(tmp_path)) == ["empty.png", "routing.png"]
+
+
+def test_run_routing_draws_the_recorded_statistics_only(tmp_path):
+    history = [
+        {"epoch": e, "train/loss": 1.0 / e, "train/layer0/selection_entropy_norm": 1.0 - 0.1 * e}
+        | {"train/layer1/selection_entropy_norm": 0.9, "train/layer0/temporal_fraction": math.nan}
+        for e in (1, 2, 3)
+    ]
+    out = plots.plot_run_routing(history, "dsts", tmp_path / "routing.png")
+    assert read_png(out).shape[:2] == (420, 550)  # one panel: temporal_fraction is undefined throughout
+    history[1]["train/layer0/max_usage"] = 0.5
+    out = plots.plot_run_routing(history, "dsts", tmp_path / "routing.png")
+    assert read_png(out).shape[:2] == (420, 2 * 550)
+    assert (
+        plots.plot_run_routing([{"epoch": 1, "train/loss": 1.0}], "baseline", tmp_path / "none.png") is None
+    )
+    assert sorted(os.listdir(tmp_path)) == ["routing.png"]
 
 
 def test_layer_heatmaps_png(tmp_path):

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from dsts.files import staged_folder, write_json, write_text
-from dsts.plots import plot_bar_ci, plot_layer_heatmaps, plot_routing, plot_seed_curves
+from dsts.plots import ROUTING_STATS, plot_bar_ci, plot_layer_heatmaps, plot_routing, plot_seed_curves
 from dsts.report.keys import summary
 from dsts.report.load import (
     DEFAULT_COMPARISONS,
@@ -62,10 +62,6 @@ TABLES = {  # file -> Report attribute
 }
 FIGURES = ("top1_ci.png", "mca_ci.png", "learning_curves.png", "routing.png", "specialization.png")
 OUTPUTS = tuple(sorted([*TABLES, "curves.csv", "ablation.md", "summary.json", *FIGURES]))
-ROUTING_LABELS = {
-    "selection_entropy_norm": "normalized selection entropy",
-    "argmax_agreement": "argmax agreement",
-}
 
 
 def _plot_bars(report: Report, metric: str, label: str, path: Path) -> None:
@@ -97,7 +93,7 @@ def _plot_routing(report: Report, path: Path) -> None:
     curves = report.curves.assign(layer=parsed[0], stat=parsed[1]).dropna(subset=["layer"])
     routed = set(curves.loc[curves["stat"] == "selection_entropy_norm", "variant"])
     panels = []
-    for stat, label in ROUTING_LABELS.items():
+    for stat, label in ROUTING_STATS.items():
         mine = curves[(curves["stat"] == stat) & curves["variant"].isin(routed)]
         lines = {
             (v, int(j)): (c["epoch"], c["mean"], c["sd"]) for (v, j), c in mine.groupby(["variant", "layer"])

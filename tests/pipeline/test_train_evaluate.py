@@ -57,10 +57,11 @@ def test_train_then_evaluate(workdir, variant):
     assert 0.0 <= metrics["test/top1"] <= metrics["test/top5"] <= 1.0
     assert not any("seconds" in k for k in metrics), "timings stay out of metrics.json"
     if variant == "dsts_udl":
-        assert (run / "plots" / "usage_layer0.png").exists()
+        assert (run / "plots" / "usage_layer0.png").exists() and (run / "plots" / "routing.png").exists()
         assert "test/layer0/nmi" in metrics and "train/meta_loss" in metrics
     else:
         assert not any(k.startswith("test/layer") for k in metrics)
+        assert not (run / "plots" / "routing.png").exists()
 
     from mlflow.tracking import MlflowClient
 
