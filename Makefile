@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS := 1
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: setup lock repro smoke verify-repro test test-fast bench bench-compare bench-ratios lint ui mlflow-server clean
+.PHONY: setup lock repro full smoke verify-repro test test-fast bench bench-compare bench-ratios lint ui mlflow-server clean
 
 # The install runs only when requirements.txt, requirements.lock or pyproject.toml changed since the
 # last one. requirements.lock pins every distribution pip resolved (a constraints file).
@@ -41,6 +41,10 @@ lock:
 
 repro: setup
 	dvc repro
+
+# The powered study of every variant (full.yaml) as a DVC experiment named "full": hours, not minutes.
+full: setup
+	python -m pipeline.profile full.yaml
 
 # The whole graph at a tiny size (smoke.yaml), in a temporary copy of the workspace.
 smoke: setup

@@ -19,23 +19,27 @@ BACKBONES = ("small3d", *TORCHVISION_BACKBONES)
 BACKBONE_CHANNELS = {"small3d": 64, "r3d_18": 512, "mc3_18": 512, "r2plus1d_18": 512}
 
 
-def _block(
-    c_in: int, c_out: int, kernel: tuple[int, int, int], stride: tuple[int, int, int], relu: bool = True
-) -> nn.Sequential:
-    padding = tuple(k // 2 for k in kernel)
-    return nn.Sequential(
-        nn.Conv3d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False),
+def _block(c_in: int, c_out: int, pool: tuple[int, int, int] | None, relu: bool = True) -> nn.Sequential:
+    """A 3x3x3 convolution, BatchNorm, ReLU (unless ``relu`` is false) and max pooling (when given;
+    lengths rounded up)."""
+    layers: list[nn.Module] = [
+        nn.Conv3d(c_in, c_out, 3, padding=1, bias=False),
         nn.BatchNorm3d(c_out),
         nn.ReLU(inplace=True) if relu else nn.Identity(),
-    )
+    ]
+    if pool is not None:
+        layers.append(nn.MaxPool3d(pool, ceil_mode=True))
+    return nn.Sequential(*layers)
 
 
 class Small3D(nn.Sequential):
     """The CPU default: ``(B, 3, T, H, W) -> (B, 64, T/2, H/8, W/8)`` in four conv3d blocks.
 
-    A frame-wise 5x5 stem (space /2), a 3x3x3 block (time and space /2), a frame-wise 3x3 block
-    (space /2) and a 3x3x3 block; BatchNorm after each conv, ReLU after all but the last. Lengths
-    are rounded up (``ceil``), so ``(8, 56, 56)`` gives ``(4, 7, 7)``.
+    Each block is a 3x3x3 convolution at the resolution it receives, BatchNorm and a ReLU; max
+    pooling after the first three halves space, then time and space, then space. Widths 16, 32, 64
+    and 64. Lengths are rounded up (``ceil``), so ``(8, 56, 56)`` gives ``(4, 7, 7)``. Every block
+    sees time, so motion is modelled from the first layer, as in the plain reference
+    (``python -m pipeline.reference``), which it matches (docs/study.md).
 
     The last block ends at its BatchNorm so that the features are centred per channel: after a
     ReLU the DSTS spikes share a common mode and evaluation sends every clip to the same neuron
@@ -46,10 +50,10 @@ class Small3D(nn.Sequential):
 
     def __init__(self) -> None:
         super().__init__(
-            _block(3, 16, (1, 5, 5), (1, 2, 2)),
-            _block(16, 32, (3, 3, 3), (2, 2, 2)),
-            _block(32, 64, (1, 3, 3), (1, 2, 2)),
-            _block(64, 64, (3, 3, 3), (1, 1, 1), relu=False),
+            _block(3, 16, (1, 2, 2)),
+            _block(16, 32, (2, 2, 2)),
+            _block(32, 64, (1, 2, 2)),
+            _block(64, 64, None, relu=False),
         )
 
 

@@ -34,9 +34,9 @@ class GenerateConfig:
     """Size and seed of the generated fine-grained benchmark (``pipeline.prepare``)."""
 
     classes: int = 16  # even, 2 to 16: two classes per group of coarse attributes
-    clips_per_class_train: int = 96
+    clips_per_class_train: int = 32
     clips_per_class_val: int = 24  # the validation split: model selection and monitoring
-    clips_per_class_test: int = 24
+    clips_per_class_test: int = 48
     frames: int = 16
     size: int = 64
     seed: int = 0

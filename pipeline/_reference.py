@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dsts.backbones import Small3D
 from dsts.data import read_diving48, read_video
 from dsts.data.dataset import VAL_LIST
 
@@ -67,28 +68,43 @@ def load_data(root: Path, stride: int, size: int) -> dict[str, tuple[torch.Tenso
     return {split: load_split(root, split, stride, size) for split in splits}
 
 
+def small3d_classifier(classes: int) -> nn.Sequential:
+    """The engine's backbone (dsts/backbones.py), global average pooling and a linear head: the
+    engine's ``baseline`` without dropout, outside the engine."""
+    return nn.Sequential(
+        Small3D(), nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(Small3D.out_channels, classes)
+    )
+
+
+MODELS = {"plain": plain_cnn, "small3d": small3d_classifier}
+
+
 def train_reference(
-    data: dict[str, tuple[torch.Tensor, torch.Tensor]], epochs: int, seed: int, lr: float
+    data: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    epochs: int,
+    seed: int,
+    lr: float,
+    model: str = "plain",
 ) -> dict:
     torch.manual_seed(seed)
     x, y = data["train"]
     xt, yt = data["test"]
     xv, yv = data.get("val", (xt[:0], yt[:0]))
-    model = plain_cnn(int(y.max()) + 1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    net = MODELS[model](int(y.max()) + 1)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * (len(x) // 16)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
     started = time.perf_counter()
     for _ in range(epochs):
-        model.train()
+        net.train()
         order = torch.randperm(len(x))
         for i in range(0, len(x) - 15, 16):
             batch = order[i : i + 16]
-            loss = F.cross_entropy(model(x[batch]), y[batch])
+            loss = F.cross_entropy(net(x[batch]), y[batch])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             schedule.step()
     seconds = time.perf_counter() - started
-    val = accuracy(model, xv, yv) if len(xv) else float("nan")
-    return {"seed": seed, "val_top1": val, "test_top1": accuracy(model, xt, yt), "seconds": seconds}
+    val = accuracy(net, xv, yv) if len(xv) else float("nan")
+    return {"seed": seed, "val_top1": val, "test_top1": accuracy(net, xt, yt), "seconds": seconds}

@@ -5,6 +5,8 @@ data (train, val when there is a list for it, test), takes every ``--stride``-th
 at ``--size`` pixels (no crop, no augmentation), and trains ``Conv3d`` blocks of 32, 64, 64 and 128
 channels with AdamW and a one-cycle schedule, batch 16. The engine's ``baseline`` at the same clip
 size, epochs and data should reach at least this model's top-1 minus 2 points (docs/study.md).
+``--model small3d`` trains the engine's backbone (and a linear head) in the same plain loop, which
+tells a weaker backbone from a handicap of the engine.
 
     python -m pipeline.reference --root data/generated --epochs 12 --seeds 0 1 2 --stride 2 --size 32
 """
@@ -34,6 +36,12 @@ def main() -> int:
         "--size", type=int, default=0, help="resize frames to size x size (default: as stored)"
     )
     parser.add_argument("--lr", type=float, default=3e-3, help="the one-cycle schedule's peak learning rate")
+    parser.add_argument(
+        "--model",
+        choices=["plain", "small3d"],
+        default="plain",
+        help="the plain CNN, or the engine's backbone",
+    )
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
     pin_environment(True, 2)  # the same kernels as the pipeline's portable runs
@@ -41,7 +49,7 @@ def main() -> int:
     from pipeline._reference import load_data, train_reference
 
     data = load_data(Path(args.root), args.stride, args.size)
-    results = [train_reference(data, args.epochs, seed, args.lr) for seed in args.seeds]
+    results = [train_reference(data, args.epochs, seed, args.lr, args.model) for seed in args.seeds]
     for r in results:
         print(
             f"seed {r['seed']}: val top-1 {100 * r['val_top1']:.1f}%, test top-1 {100 * r['test_top1']:.1f}% "

@@ -52,7 +52,7 @@ ATTRIBUTES: tuple[dict[str, Any], ...] = (
         "values": ["front", "back"],
         "cue": "spatial",
         "role": "fine",
-        "description": "at take-off the arms point toward the water (front) or toward the board (back); "
+        "description": "at take-off short arms point toward the water (front) or toward the board (back); "
         "visible only in the 3-5 take-off frames",
     },
     {
@@ -60,7 +60,7 @@ ATTRIBUTES: tuple[dict[str, Any], ...] = (
         "values": ["STR", "PIKE"],
         "cue": "spatial",
         "role": "fine",
-        "description": "a straight body, or legs piked about 115 degrees at the hips for 4-5 frames "
+        "description": "a straight body, or legs piked about 60 degrees at the hips for 4-5 frames "
         "around the apex only",
     },
     {
