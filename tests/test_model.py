@@ -194,5 +194,6 @@ def test_default_adamw_steps_do_not_collapse_the_routing():
     for j, layer in enumerate(model.dsts.layers):
         probs = layer.selection_probs(inputs[j])
         entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1).mean().item()
-        # it sharpens (the router learns), but 20 steps on random labels do not make it one-hot
-        assert entropy > 0.2 * math.log(4), j
+        # it sharpens (the router learns), but 20 steps on random labels do not make it one-hot; at
+        # the 16-epoch study's lr of 3e-3 it falls to about a fifth of log N in these 20 steps
+        assert entropy > 0.1 * math.log(4), j
