@@ -1,4 +1,4 @@
-"""Clip loading throughput at the default data config (16-frame 64x64 clips, T = 8, crop 56).
+"""Clip loading throughput at the default data config (16-frame 64x64 clips, T = 8 at 32x32; read from params.yaml).
 
 Run ``python -m pytest tests/benchmarks/test_bench_data.py --benchmark-only``: each timing is one full
 pass over a 64-clip generated set (divide 64 by the time for clips per second). The normal suite runs
