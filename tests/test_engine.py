@@ -33,7 +33,8 @@ def test_schedule_warmup_then_cosine(step, warmup):
 
 def test_step_schedule():
     cfg = load_config(
-        "params.yaml", overrides=["train.schedule=step", "train.step_size=2", "train.gamma=0.5"]
+        "params.yaml",
+        overrides=["train.schedule=step", "train.step_size=2", "train.gamma=0.5", "train.warmup_epochs=0"],
     )
     assert [lr_factor(cfg, e * 10, 10) for e in range(5)] == [1.0, 1.0, 0.5, 0.5, 0.25]
 

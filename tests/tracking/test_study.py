@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dsts.config import load_config
+from dsts.config import load_config, read_yaml
 from dsts.runs import run_folder
 from dsts.tracking import Tracker
 from dsts.tracking.study import log_study, study_state
@@ -76,7 +76,8 @@ def test_one_study_run_with_the_report_and_links_to_its_runs(study):
     }
     params = run.data.params
     assert params["study.variants"] == "baseline,dsts" and params["study.seeds"] == "0,1"
-    assert params["study.alpha"] == "0.05" and params["train.epochs"] == "6"
+    assert params["study.alpha"] == "0.05"
+    assert params["train.epochs"] == str(read_yaml(PARAMS)["train"]["epochs"])
     assert params["baseline/model.dsts.enabled"] == "False" and params["dsts/model.dsts.enabled"] == "True"
     assert params["baseline/ablation.dsts"] == "off" and params["ablation.udl"] == "off"
     assert "train.seed" not in params and "baseline/train.seed" not in params
