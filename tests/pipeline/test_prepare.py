@@ -17,6 +17,8 @@ SMALL = [
     "--set",
     "data.generate.clips_per_class_train=2",
     "--set",
+    "data.generate.clips_per_class_val=1",
+    "--set",
     "data.generate.clips_per_class_test=1",
     "--set",
     "data.generate.frames=8",
@@ -54,6 +56,7 @@ def test_writes_the_benchmark_and_replaces_it(tmp_path):
         [
             "Diving48_V2_test.json",
             "Diving48_V2_train.json",
+            "Diving48_V2_val.json",
             "Diving48_attributes.json",
             "Diving48_vocab.json",
             "contact_sheet.png",
@@ -62,12 +65,13 @@ def test_writes_the_benchmark_and_replaces_it(tmp_path):
         ]
     )
     assert len(read_diving48(target, "train")) == 4 and len(read_diving48(target, "test")) == 2
+    assert len(read_diving48(target, "val")) == 2
     assert read_vocab(target)["cue"].tolist() == ["spatial", "spatial"]
     first = (target / "Diving48_V2_train.json").read_bytes()
     again = prepare(*SMALL, "--set", "data.generate.seed=1", "--out", str(target))
     assert again.returncode == 0, again.stderr
     assert (target / "Diving48_V2_train.json").read_bytes() != first
-    assert len(list((target / "rgb").glob("*.mp4"))) == 6  # the old clips are gone
+    assert len(list((target / "rgb").glob("*.mp4"))) == 8  # the old clips are gone
     assert leftovers(tmp_path) == []
 
 
