@@ -76,7 +76,7 @@ def test_queued_experiments_keep_metrics_plots_and_reports(tmp_path):
     first, second = sorted(rows)
     params = rows[first]["data"]["params"]
     assert (
-        "ablations/dsts_cm.yaml" in params and params["ablations/dsts_cm.yaml"]["data"]
+        "ablations/dsts_udl.yaml" in params and params["ablations/dsts_udl.yaml"]["data"]
     )  # a variant's changes
 
     diff = json.loads(dvc(workspace, "exp", "diff", first, second, "--json").stdout)
@@ -116,7 +116,7 @@ def tiny_repo(tmp_path_factory) -> Path:
         ("tracking.experiment", "renamed", set()),
         ("data.num_workers", 1, set()),
         ("eval.batch_size", 7, {"evaluate@baseline-0", "evaluate@dsts-0"}),
-        ("train.lr", 0.003, {"train@baseline-0", "train@dsts-0", "evaluate@baseline-0", "evaluate@dsts-0"}),
+        ("train.lr", 0.005, {"train@baseline-0", "train@dsts-0", "evaluate@baseline-0", "evaluate@dsts-0"}),
     ],
 )
 def test_a_stage_reruns_only_for_the_params_it_depends_on(tiny_repo, key, value, stale):
