@@ -81,6 +81,8 @@ class VideoDataset(Dataset):
         self._frames = list(frames) if frames is not None else None
         # plain arrays: cheap to index and to copy into workers
         self._paths = table["path"].astype(str).tolist()
+        # what names a clip wherever the data lies: its video and first frame
+        self._clip_ids = [f"{v}@{s}" for v, s in zip(table["video_id"].astype(str), table["start_frame"])]
         self._labels = table["label"].to_numpy(dtype=np.int64)
         self._starts = table["start_frame"].to_numpy(dtype=np.int64)
         self._ends = [None if pd.isna(e) else int(e) for e in table["end_frame"]]
@@ -138,9 +140,9 @@ class VideoDataset(Dataset):
             raise IndexError(f"index {index} is out of range for {len(self)} clips")
         generator = item_generator(self.seed, self.epoch, index)
         views = self._clip_frames(index, generator)
-        if self.clips.shuffle_frames:  # the same permutation of this clip's frames, every time
+        if self.clips.shuffle_frames:  # the same permutation of this clip's frames, every time, anywhere
             order = torch.Generator().manual_seed(
-                mix_seed(SHUFFLE_STREAM, zlib.crc32(self._paths[index].encode()))
+                mix_seed(SHUFFLE_STREAM, zlib.crc32(self._clip_ids[index].encode()))
             )
             views = [v[torch.randperm(len(v), generator=order)] for v in views]
         label = int(self._labels[index])

@@ -87,6 +87,19 @@ def test_dense_sampling_views(numbered_root):
     assert frame_numbers(clip[1]) == [7, 10, 13, 16]  # start floor(10 * 3 / 4)
 
 
+def test_shuffled_frames_are_a_fixed_permutation_wherever_the_data_lies(numbered_root, tmp_path):
+    copies = [tmp_path / "a", tmp_path / "b" / "deeper"]
+    for root in copies:
+        shutil.copytree(numbered_root, root)
+    plain = build_dataset(numbered_config(copies[0]), "train", train=False)
+    shuffled = [build_dataset(numbered_config(r, shuffle_frames=True), "train", train=False) for r in copies]
+    orders = [[frame_numbers(ds[i][0][0]) for i in range(len(ds))] for ds in shuffled]
+    assert orders[0] == orders[1]  # the permutation follows the clip, not the folder it is read from
+    want = [frame_numbers(plain[i][0][0]) for i in range(len(plain))]
+    assert [sorted(o) for o in orders[0]] == [sorted(w) for w in want]
+    assert any(o != w for o, w in zip(orders[0], want))
+
+
 def test_cache_and_decoding_give_the_same_items(tiny_root):
     cached = build_dataset(tiny_config(tiny_root, cache=True), "train", train=True, seed=5)
     direct = build_dataset(tiny_config(tiny_root, cache=False), "train", train=True, seed=5)
