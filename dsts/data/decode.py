@@ -14,6 +14,7 @@ from typing import Any
 
 import av
 import av.error
+from av.video.reformatter import VideoReformatter
 import numpy as np
 
 from dsts.errors import DataError
@@ -50,6 +51,9 @@ class Video:
             self.close()
             raise DataError(f"{self.path}: cannot open video ({_reason(exc)})") from None
         self._started = False
+        # one converter for every frame: frame.to_ndarray(format=...) builds a new one per frame,
+        # which costs more than decoding a small frame (tests/benchmarks/test_bench_data.py)
+        self._rgb = VideoReformatter()
         self._frames_cache: list[np.ndarray] | None = None
         if declared > 0:
             self.num_frames = declared
@@ -89,7 +93,7 @@ class Video:
             self._started = True
             for index, frame in enumerate(self._container.decode(self._stream)):
                 if need is None or index in need:
-                    out[index] = frame.to_ndarray(format="rgb24")
+                    out[index] = self._rgb.reformat(frame, format="rgb24").to_ndarray()
                 if stop is not None and index + 1 >= stop:
                     break
         except (av.error.FFmpegError, OSError, ValueError, MemoryError) as exc:
@@ -155,7 +159,7 @@ class Video:
                 if not got and index > first:
                     return None
                 if index in need:
-                    got[index] = frame.to_ndarray(format="rgb24")
+                    got[index] = self._rgb.reformat(frame, format="rgb24").to_ndarray()
                 if index >= last:
                     break
         except (av.error.FFmpegError, OSError, ValueError, MemoryError) as exc:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 import torch
 
 from dsts.config import load_config
 from dsts.data import build_dataset, build_loader, set_epoch
+from dsts.data.decode import Video
 from dsts.data.generate import generate_benchmark
 
 CLIPS_PER_CLASS = 4  # x 16 classes = 64 training clips
@@ -56,3 +59,24 @@ def test_bench_training_pass(benchmark, data_config, workers, cache):
     seen = sorted(torch.cat([y for _, y in batches]).tolist())
     assert seen == sorted(dataset.table["label"].tolist())
     assert all(torch.isfinite(x).all() for x, _ in batches)
+
+
+def decode_per_frame(path: str) -> np.ndarray:
+    """PyAV's own conversion, a new converter for every frame: the oracle for :class:`Video`."""
+    with av.open(path) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])])
+
+
+def decode_video(path: str) -> np.ndarray:
+    with Video(path) as video:
+        return video.read_range(0, video.num_frames)
+
+
+@pytest.mark.parametrize("decode", [decode_video, decode_per_frame], ids=["Video", "per-frame converter"])
+def test_bench_decode(benchmark, data_config, decode):
+    benchmark.group = "decode every frame of 64 clips to RGB"
+    paths = sorted(str(p) for p in (Path(data_config.root) / "rgb").glob("*_train_*.mp4"))
+    clips = benchmark.pedantic(lambda: [decode(p) for p in paths], rounds=5, iterations=1, warmup_rounds=1)
+    assert len(clips) == 16 * CLIPS_PER_CLASS
+    for path, clip in zip(paths[:8], clips):
+        np.testing.assert_array_equal(clip, decode_per_frame(path))  # the same pixels as PyAV's conversion
