@@ -27,6 +27,8 @@ import yaml
 __all__ = ["data_md5", "dir_md5", "dvc_output_patterns", "git_commit", "git_dirty"]
 
 _INTERPOLATION = re.compile(r"\$\{[^}]*\}")
+# libyaml when PyYAML has it: dvc.lock grows with every run, and every stage reads it
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _CHUNK = 1 << 20
 
 
@@ -48,7 +50,7 @@ def dvc_output_patterns(root: Path) -> list[str]:
     ``${...}`` becomes ``*``), and the paths ``root/dvc.lock`` records as outs."""
     patterns = []
     try:
-        spec = yaml.safe_load((root / "dvc.yaml").read_text()) or {}
+        spec = yaml.load((root / "dvc.yaml").read_text(), Loader=_LOADER) or {}
     except (OSError, yaml.YAMLError):
         spec = {}
     for stage in (spec.get("stages") or {}).values():
@@ -93,7 +95,7 @@ def git_dirty(root: Path) -> list[str] | None:
 
 def _lock_entries(root: Path, sections: tuple[str, ...]) -> list[dict[str, Any]]:
     try:
-        lock = yaml.safe_load((root / "dvc.lock").read_text()) or {}
+        lock = yaml.load((root / "dvc.lock").read_text(), Loader=_LOADER) or {}
     except (OSError, yaml.YAMLError):
         return []
     found = []
