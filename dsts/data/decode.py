@@ -14,8 +14,8 @@ from typing import Any
 
 import av
 import av.error
-from av.video.reformatter import VideoReformatter
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from dsts.errors import DataError
 
