@@ -1,8 +1,8 @@
 """The study run: one per params state, that the report stage creates or updates (part of the MLflow
 glue of ``dsts/tracking``; the report stage calls :func:`log_study`).
 
-Its key is a hash of what decides the study's numbers (:func:`study_state`); the (variant, seed)
-runs it summarizes carry that key in their ``study`` tag. docs/tracking.md lists every key.
+Its key is a hash of what decides the study's numbers (:func:`study_state`); each (variant, seed)
+run it summarizes carries the tag :func:`member_tag` of that key. docs/tracking.md lists every key.
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ from dsts.tracking import (
     source_tags,
 )
 
-__all__ = ["StudyRun", "log_study", "study_state"]
+__all__ = ["MEMBER", "StudyRun", "log_study", "member_tag", "member_query", "study_state"]
+
+MEMBER = "true"  # the value of a run's member tag
 
 
 @dataclass
@@ -85,8 +87,16 @@ def _member_ids(runs_dir: str | Path, variants: Sequence[str], seeds: Sequence[i
     return ids
 
 
-def _studies(tags: Mapping[str, str]) -> set[str]:
-    return {k for k in tags.get("study", "").split(",") if k}
+def member_tag(key: str) -> str:
+    """The tag that links a run to study ``key``: one tag per study, so that two reports running at
+    once each write only their own link and never overwrite the other's (a shared list of keys,
+    read and written back, loses one of them)."""
+    return f"study.{key}"
+
+
+def member_query(key: str) -> str:
+    """The MLflow search for the runs study ``key`` summarizes (its key has a dot: backticks)."""
+    return f"tags.`{member_tag(key)}` = '{MEMBER}'"
 
 
 def log_study(
@@ -99,9 +109,9 @@ def log_study(
     runs_dir: str | Path = "runs",
 ) -> StudyRun | None:
     """Create or update the study run of this params state: its params, ``metrics`` (the report's
-    summary, at step 0), ``artifacts`` (the report's files), tags, and the ``study`` tag of every
-    (variant, seed) run it summarizes (a comma-separated list of study keys, since one run can
-    belong to several studies); runs that no longer belong to it lose its key. None when
+    summary, at step 0), ``artifacts`` (the report's files), tags, and the member tag
+    (:func:`member_tag`) of every (variant, seed) run it summarizes; a run can belong to several
+    studies, and a run that no longer belongs to this one loses its tag. None when
     ``tracking.enabled`` is false or no run folder names an MLflow run (nothing to link)."""
     key, study_params, configs = study_state(params, variants, seeds, settings)
     cfg = configs[variants[0]]
@@ -122,6 +132,7 @@ def log_study(
         run_id = retry(lambda: client.create_run(experiment_id, run_name=name, tags=tags)).info.run_id
     log_params(client, run_id, study_params)  # the same values again on an update: MLflow accepts that
     result = StudyRun(run_id, key, name)
+    tag = member_tag(key)
     try:
         for label, member in members.items():
             try:
@@ -129,21 +140,13 @@ def log_study(
             except Exception:  # trained against another store
                 result.missing.append(label)
                 continue
-            if key not in _studies(run.data.tags):
-                joined = ",".join(sorted(_studies(run.data.tags) | {key}))
-                retry(lambda m=member, j=joined: client.set_tag(m, "study", j))
+            if run.data.tags.get(tag) != MEMBER:
+                retry(lambda m=member: client.set_tag(m, tag, MEMBER))
             result.linked[label] = member
-        stale = retry(
-            lambda: client.search_runs([experiment_id], f"tags.study LIKE '%{key}%'", max_results=10000)
-        )
+        stale = retry(lambda: client.search_runs([experiment_id], member_query(key), max_results=10000))
         for run in stale:
-            if run.info.run_id == run_id or run.info.run_id in result.linked.values():
-                continue
-            rest = ",".join(sorted(_studies(run.data.tags) - {key}))
-            if rest:
-                retry(lambda r=run, j=rest: client.set_tag(r.info.run_id, "study", j))
-            else:
-                retry(lambda r=run: client.delete_tag(r.info.run_id, "study"))
+            if run.info.run_id not in result.linked.values():
+                retry(lambda r=run: client.delete_tag(r.info.run_id, tag))
         log_metrics(client, run_id, metrics, 0)
         for path in artifacts:
             if Path(path).is_file():
@@ -151,7 +154,7 @@ def log_study(
         log_data(client, run_id, cfg, {"train": "training", "test": "evaluation"})
         note = (
             f"Ablation study of {len(variants)} variants x {len(seeds)} seeds ({', '.join(variants)}).\n\n"
-            f"Its runs: search `tags.study LIKE '%{key}%' and tags.run_kind = 'run'`, group by `variant`. "
+            f"Its runs: search ``{member_query(key)} and tags.run_kind = 'run'``, group by `variant`. "
             "The report: artifacts `ablation.md`, the CSVs and figures; metrics as in `summary.json`."
         )
         tags = {

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from dsts.report import OUTPUTS
+from dsts.tracking.study import member_query
 from tests.pipeline.mlflow_rest import call, mlflow_server
 from tests.pipeline.workspaces import TINY_GRID, dvc, make_workspace, run
 
@@ -81,7 +82,7 @@ def test_the_ui_shows_one_study_and_the_runs_of_each_variant(moved):
 
         for variant in params["variants"]:
             # the runs of one variant tagged with the study, and a search on the variant alone
-            linked = search(base, experiment_id, f"tags.study LIKE '%{key}%' and tags.variant = '{variant}'")
+            linked = search(base, experiment_id, f"{member_query(key)} and tags.variant = '{variant}'")
             by_param = search(base, experiment_id, f"params.variant = '{variant}'")
             assert sorted(int(tags_of(r)["seed"]) for r in linked) == SEEDS
             assert sorted(int(tags_of(r)["seed"]) for r in by_param) == SEEDS

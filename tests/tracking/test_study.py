@@ -1,6 +1,7 @@
 """The study run: one per params state, found again and updated by a rerun (named after the DVC
-experiment when there is one), its params, metrics and artifacts, and a ``study`` tag on the runs
-it summarizes that keeps every study a shared run belongs to and drops a replaced run."""
+experiment when there is one), its params, metrics and artifacts, and a member tag on the runs it
+summarizes that keeps every study a shared run belongs to, survives a concurrent report, and drops a
+replaced run."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import yaml
 from dsts.config import load_config, read_yaml
 from dsts.runs import run_folder
 from dsts.tracking import Tracker
-from dsts.tracking.study import log_study, study_state
+from dsts.tracking import study as study_module
+from dsts.tracking.study import MEMBER, log_study, member_query, member_tag, study_state
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = ROOT / "params.yaml"
@@ -83,9 +85,9 @@ def test_one_study_run_with_the_report_and_links_to_its_runs(study):
     assert "train.seed" not in params and "baseline/train.seed" not in params
     assert {a.path for a in client.list_artifacts(result.run_id)} == {"ablation.md", "summary.json"}
 
-    members = search(client, exp, f"tags.study LIKE '%{result.key}%' and tags.run_kind = 'run'")
+    members = search(client, exp, f"{member_query(result.key)} and tags.run_kind = 'run'")
     assert {r.info.run_id for r in members} == set(ids.values()) == set(result.linked.values())
-    dsts = search(client, exp, f"tags.study LIKE '%{result.key}%' and tags.variant = 'dsts'")
+    dsts = search(client, exp, f"{member_query(result.key)} and tags.variant = 'dsts'")
     assert sorted(r.data.tags["seed"] for r in dsts) == ["0", "1"]
 
 
@@ -108,9 +110,37 @@ def test_a_run_shared_by_two_studies_keeps_both_links(study):
     both_seeds, seed0 = log(), log(seeds=(0,))
     assert both_seeds.key != seed0.key and both_seeds.run_id != seed0.run_id
     tracker = Tracker(load_config(PARAMS, variant="dsts", seed=0), "x")
-    tags = {key: tracker.client.get_run(run_id).data.tags["study"] for key, run_id in ids.items()}
-    assert tags[("dsts", 0)] == ",".join(sorted([both_seeds.key, seed0.key]))
-    assert tags[("dsts", 1)] == both_seeds.key
+    tags = {key: studies_of(tracker.client.get_run(run_id)) for key, run_id in ids.items()}
+    assert tags[("dsts", 0)] == {both_seeds.key, seed0.key}
+    assert tags[("dsts", 1)] == {both_seeds.key}
+
+
+def test_a_concurrent_report_keeps_the_other_studys_links(study, monkeypatch):
+    """Report A reads the runs before report B links them, and writes after: B's links survive."""
+    log, ids, _ = study
+    tracker = Tracker(load_config(PARAMS, variant="dsts", seed=0), "x")
+    before = {run_id: tracker.client.get_run(run_id) for run_id in ids.values()}
+    seed0 = log(seeds=(0,))  # B
+    opened = study_module.open_experiment
+
+    def stale_reads(cfg):  # A's client sees each run as it was before B linked it
+        tracking, client, experiment_id = opened(cfg)
+        fresh = client.get_run
+        monkeypatch.setattr(client, "get_run", lambda run_id: before.get(run_id) or fresh(run_id))
+        return tracking, client, experiment_id
+
+    monkeypatch.setattr(study_module, "open_experiment", stale_reads)
+    both_seeds = log()  # A
+    for (variant, seed), run_id in ids.items():
+        expected = {both_seeds.key, seed0.key} if seed == 0 else {both_seeds.key}
+        assert studies_of(tracker.client.get_run(run_id)) == expected, (variant, seed)
+
+
+def studies_of(run) -> set[str]:
+    """The keys of the studies whose member tag a run carries."""
+    return {
+        k.removeprefix("study.") for k, v in run.data.tags.items() if k.startswith("study.") and v == MEMBER
+    }
 
 
 def test_a_replaced_run_loses_the_link(study):
@@ -119,8 +149,8 @@ def test_a_replaced_run_loses_the_link(study):
     retrained = train_run("dsts", 1, runs)  # a new run of (dsts, 1); tracking.json names it now
     again = log()
     tracker = Tracker(load_config(PARAMS, variant="dsts", seed=0), "x")
-    assert "study" not in tracker.client.get_run(ids[("dsts", 1)]).data.tags
-    assert tracker.client.get_run(retrained).data.tags["study"] == first.key == again.key
+    assert member_tag(first.key) not in tracker.client.get_run(ids[("dsts", 1)]).data.tags
+    assert first.key == again.key and studies_of(tracker.client.get_run(retrained)) == {first.key}
     assert again.linked["dsts/seed1"] == retrained
 
 
