@@ -215,12 +215,17 @@ def dvc_tags() -> dict[str, str]:
 
 
 def ablation_tags(cfg: Config) -> dict[str, str]:
-    """The ablation switches under stable names, whatever the variant is called."""
+    """The ablation switches under stable names, whatever the variant is called: one per way a
+    variant of ``ablations/`` departs from another (one neuron per layer is DSTS without routing)."""
     dsts = cfg.model.dsts
+    routing = "none" if not dsts.enabled else "static" if dsts.num_neurons == 1 else "dynamic"
     return {
         "ablation.dsts": "on" if dsts.enabled else "off",
+        "ablation.routing": routing,
         "ablation.specialization": dsts.specialization if dsts.enabled else "none",
         "ablation.udl": cfg.udl.method if cfg.udl.enabled else "off",
+        "ablation.updates_per_step": str(cfg.train.updates_per_step),
+        "ablation.frames": "shuffled" if cfg.data.shuffle_frames else "ordered",
     }
 
 

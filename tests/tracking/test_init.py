@@ -81,15 +81,26 @@ def test_an_exception_marks_the_run_failed_and_a_new_process_finds_it(tracker):
     assert Tracker(tracker.cfg, tracker.train_hash).find_unfinished() == t.run_id
 
 
+def switch_tags(dsts, routing, specialization, udl, updates, frames) -> dict[str, str]:
+    return {
+        "ablation.dsts": dsts,
+        "ablation.routing": routing,
+        "ablation.specialization": specialization,
+        "ablation.udl": udl,
+        "ablation.updates_per_step": str(updates),
+        "ablation.frames": frames,
+    }
+
+
 @pytest.mark.parametrize(
     ("variant", "switches"),
     [
-        ("baseline", {"ablation.dsts": "off", "ablation.specialization": "none", "ablation.udl": "off"}),
-        ("dsts_3d", {"ablation.dsts": "on", "ablation.specialization": "3d", "ablation.udl": "off"}),
-        (
-            "dsts_udl_fo",
-            {"ablation.dsts": "on", "ablation.specialization": "st", "ablation.udl": "first_order"},
-        ),
+        ("baseline", switch_tags("off", "none", "none", "off", 1, "ordered")),
+        ("shuffled", switch_tags("off", "none", "none", "off", 1, "shuffled")),
+        ("static", switch_tags("on", "static", "st", "off", 1, "ordered")),
+        ("dsts_3d", switch_tags("on", "dynamic", "3d", "off", 1, "ordered")),
+        ("dsts_udl_fo", switch_tags("on", "dynamic", "st", "first_order", 1, "ordered")),
+        ("dsts_cm", switch_tags("on", "dynamic", "st", "off", 3, "ordered")),
     ],
 )
 def test_runs_carry_the_switches_and_where_their_code_came_from(monkeypatch, tmp_path, variant, switches):
