@@ -10,17 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.pipeline.workspaces import TINY_GRID, dvc, make_workspace, run, set_params, write_diving48
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def smoke_profile() -> dict:
-    return yaml.safe_load((ROOT / "smoke.yaml").read_text())
 
 
 def numeric_metrics(row: dict) -> dict[str, float]:
@@ -61,7 +54,9 @@ def wait_for_queue(workspace: Path, count: int, timeout: float = 1500) -> None:
 
 
 def test_queued_experiments_keep_metrics_plots_and_reports(tmp_path):
-    workspace = make_workspace(tmp_path / "repo", smoke_profile())
+    profile = json.loads(json.dumps(TINY_GRID))  # the full method alone: every stage, in seconds
+    profile.update(variants=["dsts_udl"], report={"confusion_run": "dsts_udl/seed0"})
+    workspace = make_workspace(tmp_path / "repo", profile)
     for lr in ("0.001", "0.004"):
         dvc(workspace, "exp", "run", "--queue", "-S", f"train.lr={lr}")
     dvc(workspace, "queue", "start", "-j", "2")
@@ -97,7 +92,7 @@ def test_queued_experiments_keep_metrics_plots_and_reports(tmp_path):
     assert (workspace / "reports" / "ablation.md").is_file() and (
         workspace / "reports" / "top1_ci.png"
     ).is_file()
-    assert (workspace / "runs" / "dsts" / "seed0" / "predictions.csv").is_file()
+    assert (workspace / "runs" / "dsts_udl" / "seed0" / "predictions.csv").is_file()
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +156,8 @@ def test_a_remote_shares_the_results_without_retraining(tiny_repo, tmp_path):
 
 def test_queued_experiments_reach_real_data_outside_the_workspace(tmp_path):
     data = write_diving48(tmp_path / "Diving48")
-    profile = json.loads(json.dumps(TINY_GRID))
+    profile = json.loads(json.dumps(TINY_GRID))  # one variant: reading the data does not depend on it
+    profile.update(variants=["baseline"], report={"confusion_run": "baseline/seed0"})
     profile["data"].update(dataset="diving48", root=str(data))
     workspace = make_workspace(tmp_path / "repo", profile)
     dvc(workspace, "exp", "run", "--queue", "-S", "train.lr=0.003")
