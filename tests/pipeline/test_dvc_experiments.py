@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipeline.workspaces import TINY_GRID, dvc, make_workspace, run, set_params, write_diving48
+from tests.pipeline.workspaces import (
+    TINY_GRID,
+    dvc,
+    make_workspace,
+    run,
+    set_params,
+    tiny_grid,
+    write_diving48,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -54,9 +62,7 @@ def wait_for_queue(workspace: Path, count: int, timeout: float = 1500) -> None:
 
 
 def test_queued_experiments_keep_metrics_plots_and_reports(tmp_path):
-    profile = json.loads(json.dumps(TINY_GRID))  # the full method alone: every stage, in seconds
-    profile.update(variants=["dsts_udl"], report={"confusion_run": "dsts_udl/seed0"})
-    workspace = make_workspace(tmp_path / "repo", profile)
+    workspace = make_workspace(tmp_path / "repo", tiny_grid("dsts_udl"))  # every stage kind, in seconds
     for lr in ("0.001", "0.004"):
         dvc(workspace, "exp", "run", "--queue", "-S", f"train.lr={lr}")
     dvc(workspace, "queue", "start", "-j", "2")
@@ -156,8 +162,7 @@ def test_a_remote_shares_the_results_without_retraining(tiny_repo, tmp_path):
 
 def test_queued_experiments_reach_real_data_outside_the_workspace(tmp_path):
     data = write_diving48(tmp_path / "Diving48")
-    profile = json.loads(json.dumps(TINY_GRID))  # one variant: reading the data does not depend on it
-    profile.update(variants=["baseline"], report={"confusion_run": "baseline/seed0"})
+    profile = tiny_grid("baseline")  # one variant: reading the data does not depend on it
     profile["data"].update(dataset="diving48", root=str(data))
     workspace = make_workspace(tmp_path / "repo", profile)
     dvc(workspace, "exp", "run", "--queue", "-S", "train.lr=0.003")

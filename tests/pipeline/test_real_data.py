@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from tests.pipeline.workspaces import TINY_GRID, digest, dvc, make_workspace, write_diving48, write_finegym
+from tests.pipeline.workspaces import digest, dvc, make_workspace, tiny_grid, write_diving48, write_finegym
 
 pytestmark = pytest.mark.slow
 
@@ -38,8 +38,7 @@ def test_dvc_repro_reads_real_data_and_never_touches_it(tmp_path, kind, place):
     write, settings = FORMATS[kind]
     workspace = tmp_path / "repo"
     root = (workspace / "data" / kind) if place == "inside" else (tmp_path / "elsewhere" / kind)
-    profile = json.loads(json.dumps(TINY_GRID))  # one variant: reading the data does not depend on it
-    profile.update(variants=["baseline"], report={"confusion_run": "baseline/seed0"})
+    profile = tiny_grid("baseline")  # one variant: reading the data does not depend on it
     profile["data"].update(settings, root=str(root) if place == "outside" else f"data/{kind}")
     make_workspace(workspace, profile)
     write(root)

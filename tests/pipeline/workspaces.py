@@ -3,6 +3,7 @@ tiny profile merged into params.yaml, a ``dvc`` runner, and data sets in the rea
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -30,6 +31,14 @@ TINY_GRID = {
     },
     "train": {"epochs": 1, "batch_size": 4, "device": "cpu"},
 }
+
+
+def tiny_grid(variant: str) -> dict:
+    """A copy of ``TINY_GRID`` that trains ``variant`` alone (a test that checks one kind of stage,
+    or how data is read, needs no second variant)."""
+    grid = copy.deepcopy(TINY_GRID)
+    grid.update(variants=[variant], report={"confusion_run": f"{variant}/seed0"})
+    return grid
 
 
 def env_for(workspace: Path) -> dict[str, str]:
