@@ -87,6 +87,14 @@ def _member_ids(runs_dir: str | Path, variants: Sequence[str], seeds: Sequence[i
     return ids
 
 
+def _study_runs(client: Any, experiment_id: str, key: str) -> list[Any]:
+    """The live study runs of ``key``, the first created first (ties by run id): every report that
+    sees the same runs picks the same one."""
+    query = f"tags.run_kind = '{STUDY}' and tags.study = '{key}'"
+    runs = retry(lambda: client.search_runs([experiment_id], query, max_results=1000))
+    return sorted(runs, key=lambda run: (run.info.start_time, run.info.run_id))
+
+
 def member_tag(key: str) -> str:
     """The tag that links a run to study ``key``: one tag per study, so that two reports running at
     once each write only their own link and never overwrite the other's (a shared list of keys,
@@ -121,15 +129,20 @@ def log_study(
     _, client, experiment_id = open_experiment(cfg)
     state = commit, dirty, paths = code_state()
     exp_name = os.environ.get("DVC_EXP_NAME")
-    query = f"tags.run_kind = '{STUDY}' and tags.study = '{key}'"
-    found = retry(lambda: client.search_runs([experiment_id], query, max_results=1))
-    if found:
-        run_id, name = found[0].info.run_id, exp_name or found[0].info.run_name
-        retry(lambda: client.update_run(run_id, status="RUNNING", name=name))
-    else:
-        name = exp_name or f"study-{key}"
+    found = _study_runs(client, experiment_id, key)
+    if not found:
         tags = {"run_kind": STUDY, "study": key, **source_tags(state)}
-        run_id = retry(lambda: client.create_run(experiment_id, run_name=name, tags=tags)).info.run_id
+        mine = retry(lambda: client.create_run(experiment_id, run_name=f"study-{key}", tags=tags)).info.run_id
+        # Another report of the same params state may have searched, found nothing and created its
+        # own at the same moment: both now see both, and both keep the first.
+        found = _study_runs(client, experiment_id, key)
+        if found[0].info.run_id != mine:
+            retry(lambda: client.delete_run(mine))
+    run_id, name = found[0].info.run_id, exp_name or found[0].info.run_name
+    for extra in found[1:]:  # left by an earlier race; one still running deletes itself
+        if extra.info.status != "RUNNING":
+            retry(lambda r=extra: client.delete_run(r.info.run_id))
+    retry(lambda: client.update_run(run_id, status="RUNNING", name=name))
     log_params(client, run_id, study_params)  # the same values again on an update: MLflow accepts that
     result = StudyRun(run_id, key, name)
     tag = member_tag(key)

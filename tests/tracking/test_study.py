@@ -136,6 +136,57 @@ def test_a_concurrent_report_keeps_the_other_studys_links(study, monkeypatch):
         assert studies_of(tracker.client.get_run(run_id)) == expected, (variant, seed)
 
 
+def test_two_reports_creating_the_study_at_once_keep_one_run(study, monkeypatch):
+    """Report A searched for the study run and found none; report B created it before A created its
+    own. A sees both, deletes its own and updates B's: one study run, whichever report finishes last."""
+    log, _, _ = study
+    other = log()  # B
+    opened = study_module.open_experiment
+    created = []
+
+    def late_search(cfg):  # A's first search ran before B's run existed
+        tracking, client, experiment_id = opened(cfg)
+        search_runs, create_run = client.search_runs, client.create_run
+        searches = []
+
+        def stale_first(*a, **k):
+            searches.append(a)
+            return [] if len(searches) == 1 else search_runs(*a, **k)
+
+        monkeypatch.setattr(client, "search_runs", stale_first)
+
+        def create(*a, **k):
+            created.append(create_run(*a, **k))
+            return created[-1]
+
+        monkeypatch.setattr(client, "create_run", create)
+        return tracking, client, experiment_id
+
+    monkeypatch.setattr(study_module, "open_experiment", late_search)
+    mine = log(metrics={"dsts/top1_mean": 0.75})  # A
+    tracker = Tracker(load_config(PARAMS, variant="dsts", seed=0), "x")
+    client = tracker.client
+    studies = search(client, tracker.experiment_id, "tags.run_kind = 'study'")
+    assert [r.info.run_id for r in studies] == [other.run_id] == [mine.run_id]
+    assert len(created) == 1 and created[0].info.run_id != other.run_id
+    assert client.get_run(created[0].info.run_id).info.lifecycle_stage == "deleted"
+    assert studies[0].info.status == "FINISHED" and studies[0].data.metrics["dsts/top1_mean"] == 0.75
+
+
+def test_a_duplicate_study_run_left_by_a_race_is_removed(study):
+    log, _, _ = study
+    first = log()
+    tracker = Tracker(load_config(PARAMS, variant="dsts", seed=0), "x")
+    client = tracker.client
+    tags = {"run_kind": "study", "study": first.key}
+    duplicate = client.create_run(tracker.experiment_id, run_name="late", tags=tags).info.run_id
+    client.set_terminated(duplicate)
+    assert log().run_id == first.run_id
+    studies = search(client, tracker.experiment_id, "tags.run_kind = 'study'")
+    assert [r.info.run_id for r in studies] == [first.run_id]
+    assert client.get_run(duplicate).info.lifecycle_stage == "deleted"
+
+
 def studies_of(run) -> set[str]:
     """The keys of the studies whose member tag a run carries."""
     return {
