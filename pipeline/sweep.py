@@ -8,6 +8,10 @@ stage scripts, and writes the report (``reports/ablation.md``, ``summary.json``)
 not redone, so an interrupted sweep continues. At the end it prints one table row per point and
 variant, and writes them to ``--json``.
 
+``--train-only`` trains and stops: no evaluation, no report, the test split left unread. It is for
+checks that must decide on validation alone, such as the doubling check of docs/study.md; its table
+has the validation top-1 at the last epoch and the mean of the last three epochs.
+
     python -m pipeline.sweep --out /tmp/sweep --data data/generated --variants baseline dsts \\
         --seeds 0 1 2 --set train.epochs=12 --grid data.num_frames=8,16
 """
@@ -22,6 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from statistics import mean
 
 import yaml
 
@@ -78,29 +83,39 @@ def run_point(out: Path, overrides: list[str], args: argparse.Namespace) -> list
     for variant in args.variants:
         for seed in args.seeds:
             folder = run_folder(variant, seed, workspace / "runs")
-            if not folder.metrics.is_file():
+            done = folder.history.is_file() if args.train_only else folder.metrics.is_file()
+            if not done:
                 common = ["--variant", variant, "--seed", str(seed), "--out", str(folder.path)]
                 took = stage(workspace, "pipeline.train", *common)
-                took += stage(workspace, "pipeline.evaluate", *common)
+                if not args.train_only:
+                    took += stage(workspace, "pipeline.evaluate", *common)
                 (folder.path / "wall_seconds.txt").write_text(f"{took:.1f}\n")
             rows.append({"variant": variant, "seed": seed, "folder": folder})
-    make_report(workspace / "runs", workspace / "params.yaml", workspace / "reports")
-    summary = json.loads((workspace / "reports" / "summary.json").read_text())
+    summary = {}
+    if not args.train_only:
+        make_report(workspace / "runs", workspace / "params.yaml", workspace / "reports")
+        summary = json.loads((workspace / "reports" / "summary.json").read_text())
     table = []
     for variant in args.variants:
         mine = [r for r in rows if r["variant"] == variant]
         walls = [float((r["folder"].path / "wall_seconds.txt").read_text()) for r in mine]
-        finals = [read_history(r["folder"].history)[-1].get("val/top1", float("nan")) for r in mine]
-        tests = [read_metrics(r["folder"].metrics)["test/top1"] for r in mine]
+        curves = [
+            [row.get("val/top1", float("nan")) for row in read_history(r["folder"].history)] for r in mine
+        ]
+        tests = [
+            float("nan") if args.train_only else read_metrics(r["folder"].metrics)["test/top1"] for r in mine
+        ]
         table.append(
             {
                 "point": " ".join(overrides) or "(base)",
                 "variant": variant,
                 "seeds": len(mine),
-                "val_top1": sum(finals) / len(finals),
-                "test_top1": sum(tests) / len(tests),
+                "val_top1": mean(c[-1] for c in curves),
+                "val_top1_last3": mean(mean(c[-3:]) for c in curves),
+                "val_top1_last3_per_seed": {r["seed"]: mean(c[-3:]) for r, c in zip(mine, curves)},
+                "test_top1": mean(tests),
                 "test_top1_sd": summary.get(f"{variant}/top1_sd", float("nan")),
-                "wall_seconds_per_run": sum(walls) / len(walls),
+                "wall_seconds_per_run": mean(walls),
                 "summary": {
                     k: v for k, v in summary.items() if k.startswith((f"{variant}/", f"{variant}_vs_"))
                 },
@@ -126,15 +141,23 @@ def main() -> int:
         "--grid", action="append", default=[], metavar="KEY=V1,V2", help="one axis of the grid"
     )
     parser.add_argument("--json", default=None, help="also write the table here")
+    parser.add_argument(
+        "--train-only",
+        action="store_true",
+        help="train and stop: validation curves only, the test split left unread",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     table = [row for p in points(args.grid) for row in run_point(out, p, args)]
-    print("| point | variant | seeds | val top-1 | test top-1 ± sd | s per run |")
-    print("|---|---|---|---|---|---|")
+    print("| point | variant | seeds | val top-1 | val top-1, last 3 | test top-1 ± sd | s per run |")
+    print("|---|---|---|---|---|---|---|")
     for r in table:
+        test = (
+            "(not read)" if args.train_only else f"{100 * r['test_top1']:.1f} ± {100 * r['test_top1_sd']:.1f}"
+        )
         print(
             f"| {r['point']} | {r['variant']} | {r['seeds']} | {100 * r['val_top1']:.1f} | "
-            f"{100 * r['test_top1']:.1f} ± {100 * r['test_top1_sd']:.1f} | {r['wall_seconds_per_run']:.0f} |"
+            f"{100 * r['val_top1_last3']:.1f} | {test} | {r['wall_seconds_per_run']:.0f} |"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=2) + "\n")

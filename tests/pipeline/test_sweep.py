@@ -1,0 +1,41 @@
+"""The sweep behind the calibration tables: ``--train-only`` trains, leaves the test split unread,
+and reports validation from each run's own history."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from statistics import mean
+
+from dsts.runs import read_history, run_folder
+from tests.pipeline.e2e import ROOT
+
+TINY_SET = [
+    "data.resize=32",
+    "data.crop=32",
+    "data.num_frames=4",
+    "train.epochs=4",
+    "train.batch_size=4",
+    "train.device=cpu",
+]
+
+
+def test_train_only_reads_validation_and_never_the_test_split(workdir, tmp_path):
+    out, table = tmp_path / "sweep", tmp_path / "table.json"
+    data = workdir / "data" / "generated"
+    cmd = [sys.executable, "-m", "pipeline.sweep", "--out", str(out), "--data", str(data)]
+    cmd += ["--variants", "baseline", "--seeds", "0", "--train-only", "--json", str(table)]
+    cmd += [arg for item in TINY_SET for arg in ("--set", item)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    folder = run_folder("baseline", 0, out / "base" / "runs")
+    assert folder.history.is_file() and not folder.metrics.exists()
+    assert not folder.predictions.exists() and not (out / "base" / "reports").exists()
+    curve = [row["val/top1"] for row in read_history(folder.history)]
+    [row] = json.loads(table.read_text())
+    assert len(curve) == 4 and row["val_top1"] == curve[-1]
+    assert row["val_top1_last3"] == mean(curve[-3:]) and row["val_top1_last3_per_seed"] == {
+        "0": mean(curve[-3:])
+    }
+    assert "(not read)" in done.stdout
