@@ -50,7 +50,7 @@ full: setup
 smoke: setup
 	python -m pipeline.smoke
 
-# The smoke grid again in a temporary copy, compared byte for byte with reference/smoke.json.
+# The smoke grid again in a temporary copy, compared byte for byte with reference/smoke-<this CPU class>.json.
 verify-repro: setup
 	python -m pipeline.verify_repro
 
