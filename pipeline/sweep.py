@@ -99,21 +99,24 @@ def run_point(out: Path, overrides: list[str], args: argparse.Namespace) -> list
     for variant in args.variants:
         mine = [r for r in rows if r["variant"] == variant]
         walls = [float((r["folder"].path / "wall_seconds.txt").read_text()) for r in mine]
-        curves = [
-            [row.get("val/top1", float("nan")) for row in read_history(r["folder"].history)] for r in mine
-        ]
-        tests = [
-            float("nan") if args.train_only else read_metrics(r["folder"].metrics)["test/top1"] for r in mine
-        ]
+        curves = {
+            r["seed"]: [row.get("val/top1", float("nan")) for row in read_history(r["folder"].history)]
+            for r in mine
+        }
+        last3 = {seed: mean(curve[-3:]) for seed, curve in curves.items()}
         table.append(
             {
                 "point": " ".join(overrides) or "(base)",
                 "variant": variant,
                 "seeds": len(mine),
-                "val_top1": mean(c[-1] for c in curves),
-                "val_top1_last3": mean(mean(c[-3:]) for c in curves),
-                "val_top1_last3_per_seed": {r["seed"]: mean(c[-3:]) for r, c in zip(mine, curves)},
-                "test_top1": mean(tests),
+                "val_top1": mean(curve[-1] for curve in curves.values()),
+                "val_top1_last3": mean(last3.values()),
+                "val_top1_last3_per_seed": last3,
+                "test_top1": (
+                    float("nan")
+                    if args.train_only
+                    else mean(read_metrics(r["folder"].metrics)["test/top1"] for r in mine)
+                ),
                 "test_top1_sd": summary.get(f"{variant}/top1_sd", float("nan")),
                 "wall_seconds_per_run": mean(walls),
                 "summary": {

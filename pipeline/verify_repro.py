@@ -104,16 +104,17 @@ def verdict(references: dict[str, dict], here: dict) -> tuple[bool, list[str]]:
     """Compare ``here`` with the reference of its own machine class, or, when its class has none,
     with every reference; it passes when one of them matches in full. Returns the verdict and the
     lines to print: a heading per reference compared, then :func:`compare`'s lines."""
-    mine = {name: ref for name, ref in references.items() if machine_class(ref) == machine_class(here)}
+    here_class = machine_class(here)
+    mine = {name: ref for name, ref in references.items() if machine_class(ref) == here_class}
     out = []
     if not mine:
-        out.append(f"verify-repro: no reference of this machine's class [{', '.join(machine_class(here))}]")
+        out.append(f"verify-repro: no reference of this machine's class [{', '.join(here_class)}]")
     passed = False
     for name, ref in sorted((mine or references).items()):
         lines = compare(ref, here)
-        matched = all(line.startswith("match") for line in lines)
-        passed = passed or matched
-        out.append(f"against {name}: {sum(line.startswith('match') for line in lines)} of {len(lines)} match")
+        matches = sum(line.startswith("match") for line in lines)
+        passed = passed or matches == len(lines)
+        out.append(f"against {name}: {matches} of {len(lines)} match")
         out.extend(lines)
     return passed, out
 

@@ -8,17 +8,12 @@ import subprocess
 import sys
 from statistics import mean
 
+from dsts.config import flatten
 from dsts.runs import read_history, run_folder
-from tests.pipeline.e2e import ROOT
+from tests.pipeline.e2e import ROOT, TINY
 
-TINY_SET = [
-    "data.resize=32",
-    "data.crop=32",
-    "data.num_frames=4",
-    "train.epochs=4",
-    "train.batch_size=4",
-    "train.device=cpu",
-]
+# the tiny profile on the workspace's data (a data.generate override would make the sweep generate its own)
+TINY_SET = [f"{k}={v}" for k, v in flatten(TINY).items() if not k.startswith("data.generate")]
 
 
 def test_train_only_reads_validation_and_never_the_test_split(workdir, tmp_path):
@@ -26,7 +21,7 @@ def test_train_only_reads_validation_and_never_the_test_split(workdir, tmp_path)
     data = workdir / "data" / "generated"
     cmd = [sys.executable, "-m", "pipeline.sweep", "--out", str(out), "--data", str(data)]
     cmd += ["--variants", "baseline", "--seeds", "0", "--train-only", "--json", str(table)]
-    cmd += [arg for item in TINY_SET for arg in ("--set", item)]
+    cmd += [arg for item in [*TINY_SET, "train.epochs=4"] for arg in ("--set", item)]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     folder = run_folder("baseline", 0, out / "base" / "runs")
