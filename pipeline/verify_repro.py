@@ -22,11 +22,13 @@ import argparse
 import hashlib
 import json
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 from dsts.checkpoint import safe_load, state_dict_digest
 from dsts.config import read_yaml
+from dsts.errors import DSTSError
 from dsts.files import write_json
 from dsts.runs import run_folder
 from pipeline._cli import run
@@ -131,13 +133,12 @@ def main() -> int:
     files = [Path(args.reference)] if args.reference else sorted(REFERENCES.glob("smoke*.json"))
     if not args.update and (not files or not all(f.is_file() for f in files)):
         where = args.reference or REFERENCES / "smoke*.json"
-        print(f"error: {where}: no reference (run with --update to make one)")
-        return 2
+        raise DSTSError(f"{where}: no reference (run with --update to make one)")
     dest = Path(tempfile.mkdtemp(prefix="dsts-verify-"))
     try:
         code = reproduce(dest / "repo", quiet=True)
         if code != 0:
-            print(f"error: dvc repro of the smoke grid failed (exit {code})")
+            print(f"error: dvc repro of the smoke grid failed (exit {code})", file=sys.stderr)
             return 1
         here = digests(dest / "repo")
     finally:

@@ -4,6 +4,8 @@ and the choice of reference: this machine's class's own, else any that matches."
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 from pipeline.verify_repro import compare, reference_name, verdict
 
@@ -98,3 +100,15 @@ def test_a_reference_is_named_after_its_machine():
         reference_name(machine(REFERENCE, **EPYC))
         == "smoke-amd-epyc-family-25-model-1-stepping-1-threads-2.json"
     )
+
+
+def test_a_missing_reference_is_one_line_on_stderr(tmp_path):
+    missing = tmp_path / "nowhere.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.verify_repro", "--reference", str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == f"error: {missing}: no reference (run with --update to make one)\n"
