@@ -37,6 +37,7 @@ from dsts.distributed import all_reduce_grads, all_reduce_mean
 from dsts.errors import DSTSError
 from dsts.model import build_model
 from dsts.module import p_hard_schedule
+from dsts.portable import use_deterministic_kernels
 from dsts.runs import RunFolder
 from dsts.seeding import stream_seed
 from dsts.udl import UDLStep, split_parameters
@@ -321,7 +322,7 @@ class Trainer:
         cfg, device = self.cfg, self.device
         seed_everything(cfg.train.seed)
         if not torch.are_deterministic_algorithms_enabled():  # dsts.portable may have made it strict
-            torch.use_deterministic_algorithms(True, warn_only=True)
+            use_deterministic_kernels(torch, warn_only=True)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
         data = self._data()

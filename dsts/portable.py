@@ -83,9 +83,16 @@ def pin_cuda(torch_module) -> None:
     """Deterministic CUDA kernels: an error rather than a silent nondeterministic kernel."""
     if not torch_module.cuda.is_available():
         return
-    torch_module.use_deterministic_algorithms(True)
+    use_deterministic_kernels(torch_module)
     torch_module.backends.cudnn.deterministic = True
     torch_module.backends.cudnn.benchmark = False
+
+
+def use_deterministic_kernels(torch_module, warn_only: bool = False) -> None:
+    """``torch.use_deterministic_algorithms(True, warn_only=...)`` for the kernels alone. The public
+    call also sets torch.compile's own flag, and imports the whole compiler stack to do it (seconds
+    of every stage's start-up); nothing here compiles, and the kernels' flag it sets is this one."""
+    torch_module._C._set_deterministic_algorithms(True, warn_only=warn_only)
 
 
 # CPU features that change which kernels a library may pick

@@ -81,3 +81,25 @@ def test_fingerprint_names_the_floating_point_path():
         assert fp[key], key
     assert fp["setting.portable"] == "true" and fp["setting.threads"] == "2"
     assert json.loads(json.dumps(fp)) == fp
+
+
+@pytest.mark.parametrize("warn_only", [False, True])
+def test_deterministic_kernels_set_the_public_calls_flags_without_loading_the_compiler(warn_only):
+    """The flags torch reports after use_deterministic_kernels equal those after the public
+    torch.use_deterministic_algorithms (the oracle, in a second process), and the compiler stack that
+    the public call imports stays unloaded."""
+    report = (
+        "import sys, torch\n"
+        "print(torch.are_deterministic_algorithms_enabled(), "
+        "torch.is_deterministic_algorithms_warn_only_enabled(), 'torch._dynamo' in sys.modules)"
+    )
+    ours = run_python(
+        f"from dsts.portable import use_deterministic_kernels\nimport torch\n"
+        f"use_deterministic_kernels(torch, warn_only={warn_only})\n{report}"
+    )
+    public = run_python(
+        f"import torch\ntorch.use_deterministic_algorithms(True, warn_only={warn_only})\n{report}"
+    )
+    assert ours.returncode == 0 and public.returncode == 0, ours.stderr + public.stderr
+    assert ours.stdout.split() == ["True", str(warn_only), "False"]
+    assert public.stdout.split() == ["True", str(warn_only), "True"]
