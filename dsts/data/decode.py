@@ -83,6 +83,9 @@ class Video:
         rate = self._stream.average_rate or self._stream.guessed_rate
         return Fraction(rate) if rate else None
 
+    def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
+        return self._rgb.reformat(frame, format="rgb24").to_ndarray()
+
     def _decode_from_start(self, stop: int | None, need: set[int] | None = None) -> dict[int, np.ndarray]:
         """Frames 0 .. stop-1 (all when ``stop`` is None), decoded in order; only those in ``need``
         (all when None) are converted to RGB arrays."""
@@ -93,7 +96,7 @@ class Video:
             self._started = True
             for index, frame in enumerate(self._container.decode(self._stream)):
                 if need is None or index in need:
-                    out[index] = self._rgb.reformat(frame, format="rgb24").to_ndarray()
+                    out[index] = self._to_rgb(frame)
                 if stop is not None and index + 1 >= stop:
                     break
         except (av.error.FFmpegError, OSError, ValueError, MemoryError) as exc:
@@ -159,7 +162,7 @@ class Video:
                 if not got and index > first:
                     return None
                 if index in need:
-                    got[index] = self._rgb.reformat(frame, format="rgb24").to_ndarray()
+                    got[index] = self._to_rgb(frame)
                 if index >= last:
                     break
         except (av.error.FFmpegError, OSError, ValueError, MemoryError) as exc:
