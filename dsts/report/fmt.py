@@ -11,11 +11,11 @@ import pandas as pd
 __all__ = ["ci_pts", "count", "level", "md_table", "num", "pts", "pval"]
 
 
-def pts(x: float, signed: bool = False) -> str:
-    """A fraction in percentage points, one decimal."""
+def pts(x: float, signed: bool = False, digits: int = 1) -> str:
+    """A fraction in percentage points, one decimal unless ``digits`` says otherwise."""
     if not math.isfinite(x):
         return "n/a"
-    return f"{100.0 * x:+.1f}" if signed else f"{100.0 * x:.1f}"
+    return f"{100.0 * x:+.{digits}f}" if signed else f"{100.0 * x:.{digits}f}"
 
 
 def pval(p: float) -> str:

@@ -176,6 +176,22 @@ def test_power_against_the_five_point_target(tmp_path):
     )
 
 
+def test_a_gain_just_above_the_limit_reads_as_above_it(tmp_path):
+    """4 of 384 validation clips over the last quarter: 1.04 points, flagged; one decimal would print
+    the limit itself."""
+    write_fake_runs(tmp_path, ["dsts"], (0,))
+    curve = (0.5, 0.6, 0.76, 0.76 + 4 / 384)
+    write_history(
+        tmp_path / "dsts" / "seed0" / "history.csv",
+        [{"epoch": e, "val/top1": x} for e, x in enumerate(curve, start=1)],
+    )
+    lines = findings(build_report(load_runs(tmp_path, ["dsts"], (0,)), ["dsts"], (0,)))
+    assert (
+        "Not converged: dsts/seed0 gained 1.04 points of validation top-1 from epoch 3 to epoch 4, more than "
+        "1.0 point over the last quarter of its epochs." in lines
+    )
+
+
 def test_convergence_names_each_flagged_run(tmp_path):
     write_fake_runs(tmp_path, ["baseline", "dsts"], (0, 1))
     history = [
@@ -186,7 +202,7 @@ def test_convergence_names_each_flagged_run(tmp_path):
     report = build_report(load_runs(tmp_path, ["baseline", "dsts"], (0, 1)), ["baseline", "dsts"], (0, 1))
     lines = findings(report)
     assert (
-        "Not converged: dsts/seed1 gained 4.3 points of validation top-1 from epoch 4 to epoch 6, more than "
+        "Not converged: dsts/seed1 gained 4.30 points of validation top-1 from epoch 4 to epoch 6, more than "
         "1.0 point over the last quarter of its epochs." in lines
     )
     assert "Convergence unknown (no val/top1 at both epochs in history.csv): baseline/seed0." in lines
