@@ -173,14 +173,16 @@ def convergence_sentences(report: Report) -> list[str]:
     # points (flagged) must not read as the limit itself
     out = [
         f"Not converged: {r['variant']}/seed{r['seed']} gained {pts(r['val_gain'], digits=2)} points of validation "
-        f"top-1 from epoch {r['gain_from']} to epoch {r['gain_to']}, more than {limit} point over the last quarter "
-        "of its epochs."
+        f"top-1 from epoch {r['gain_from']} to epoch {r['gain_to']} (the least-squares line through those epochs), "
+        f"more than {limit} point over the last quarter of its epochs."
         for r in runs
         if r["converged"] == 0
     ]
     unknown = [f"{r['variant']}/seed{r['seed']}" for r in runs if math.isnan(r["converged"])]
     if unknown:
-        out.append(f"Convergence unknown (no val/top1 at both epochs in history.csv): {', '.join(unknown)}.")
+        out.append(
+            f"Convergence unknown (no val/top1 at every epoch of the last quarter in history.csv): {', '.join(unknown)}."
+        )
     if not out and runs:
         largest = max(r["val_gain"] for r in runs)
         out.append(

@@ -165,8 +165,8 @@ def _convergence_section(report: Report) -> list[str]:
     return [
         "## Convergence",
         "",
-        f"Late gain of a run: its validation top-1 at the last epoch minus at a quarter of its epochs earlier; "
-        f"a gain above {pts(GAIN_LIMIT)} point flags the run as not converged (see Method).",
+        "Late gain of a run: the rise of the least-squares line through its validation top-1 over the last "
+        f"quarter of its epochs; a gain above {pts(GAIN_LIMIT)} point flags the run as not converged (see Method).",
         "",
         md_table(header, rows),
         "",
@@ -297,9 +297,10 @@ def _method_section(report: Report) -> list[str]:
         f"t p < α (unadjusted), and its `spatial_cue` difference from {second} must have its CI within "
         "± its MDD. Either failure makes the report's first line say that the study is broken.",
         "- Convergence: with E the last epoch of a run and q = max(1, floor(E/4 + 1/2)) (a quarter of the "
-        "epochs, rounded half up), the late gain is val/top1 at epoch E minus val/top1 at epoch E − q. A gain "
-        f"above {pts(GAIN_LIMIT)} point flags the run; the converged share of a variant is the share of its "
-        "seeds not flagged, undefined when a run has no val/top1 at either epoch.",
+        "epochs, rounded half up), the late gain is the rise over q epochs of the least-squares line through "
+        f"val/top1 at epochs E − q to E (for q = 1, their difference). A gain above {pts(GAIN_LIMIT)} point "
+        "flags the run; the converged share of a variant is the share of its seeds not flagged, undefined "
+        "when a run lacks val/top1 at one of those epochs.",
         "- Routing: the selection sharpened (or broadened) when the per-seed fall of the normalized selection "
         "entropy from the first to the last epoch differs from 0 at α (one-sample t); NMI and the cue gap are "
         "tested against 0 the same way.",

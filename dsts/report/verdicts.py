@@ -10,9 +10,13 @@ control that decides whether the study can detect an effect at all, each run's l
   difference* on the spatial cues when the interval of its ``spatial_cue`` difference from
   ``baseline`` lies inside ``[-mdd, +mdd]``. A study that fails either cannot be trusted to find,
   or to rule out, the effects it is after.
-- The late gain of a run: ``val/top1`` at its last epoch ``E`` minus ``val/top1`` at epoch
-  ``E - q``, ``q = max(1, floor(E / 4 + 1/2))`` (a quarter of the epochs, rounded half up). A gain
-  above ``GAIN_LIMIT`` says the run was still learning when it stopped.
+- The late gain of a run: the rise over ``q`` epochs of the least-squares line through its
+  ``val/top1`` at epochs ``E - q`` to ``E``, with ``E`` its last epoch and
+  ``q = max(1, floor(E / 4 + 1/2))`` (a quarter of the epochs, rounded half up); for ``q = 1`` it is
+  the difference of the two epochs. The line rather than the two end epochs: the validation top-1 of
+  one epoch jitters by about a point on a plateau, which a 1-point limit cannot tell from learning;
+  the line uses every epoch of the quarter (docs/study.md, "The late-gain estimator"). A gain above
+  ``GAIN_LIMIT`` says the run was still learning when it stopped.
 """
 
 from __future__ import annotations
@@ -117,15 +121,25 @@ def control_check(runs: pd.DataFrame, variants: Sequence[str], alpha: float, pow
 
 
 def late_gain(history: Sequence[Mapping[str, float]]) -> tuple[float, int, int]:
-    """``(gain, E, E - q)``: the run's validation top-1 gain over the last quarter of its epochs;
-    the gain is NaN when either epoch has no finite ``val/top1``."""
+    """``(gain, E, E - q)``: the run's validation top-1 gain over the last quarter of its epochs, the
+    least-squares slope through epochs ``E - q`` to ``E`` times ``q``; NaN when one of those epochs
+    has no finite ``val/top1``."""
     if not history:
         return math.nan, 0, 0
     last = int(history[-1]["epoch"])
     start = last - max(1, math.floor(last / 4 + 0.5))
     at = {int(row["epoch"]): row.get("val/top1", math.nan) for row in history}
-    gain = at.get(last, math.nan) - at.get(start, math.nan)
-    return (gain if math.isfinite(gain) else math.nan), last, start
+    top1 = [at.get(e, math.nan) for e in range(start, last + 1)]
+    if start < 1 or not all(math.isfinite(y) for y in top1):
+        return math.nan, last, start
+    # The slope in closed form over exactly summed floats (math.fsum), not a LAPACK fit, whose last
+    # bits may depend on the CPU's BLAS kernels: the report's files are byte-identical everywhere the
+    # runs are.
+    centre = (start + last) / 2
+    dx = [e - centre for e in range(start, last + 1)]
+    mean = math.fsum(top1) / len(top1)
+    slope = math.fsum(x * (y - mean) for x, y in zip(dx, top1, strict=True)) / math.fsum(x * x for x in dx)
+    return slope * (last - start), last, start
 
 
 def flagged(gain: float) -> bool:

@@ -187,8 +187,8 @@ def test_a_gain_just_above_the_limit_reads_as_above_it(tmp_path):
     )
     lines = findings(build_report(load_runs(tmp_path, ["dsts"], (0,)), ["dsts"], (0,)))
     assert (
-        "Not converged: dsts/seed0 gained 1.04 points of validation top-1 from epoch 3 to epoch 4, more than "
-        "1.0 point over the last quarter of its epochs." in lines
+        "Not converged: dsts/seed0 gained 1.04 points of validation top-1 from epoch 3 to epoch 4 (the least-squares "
+        "line through those epochs), more than 1.0 point over the last quarter of its epochs." in lines
     )
 
 
@@ -202,10 +202,13 @@ def test_convergence_names_each_flagged_run(tmp_path):
     report = build_report(load_runs(tmp_path, ["baseline", "dsts"], (0, 1)), ["baseline", "dsts"], (0, 1))
     lines = findings(report)
     assert (
-        "Not converged: dsts/seed1 gained 4.30 points of validation top-1 from epoch 4 to epoch 6, more than "
-        "1.0 point over the last quarter of its epochs." in lines
+        "Not converged: dsts/seed1 gained 4.30 points of validation top-1 from epoch 4 to epoch 6 (the least-squares "
+        "line through those epochs), more than 1.0 point over the last quarter of its epochs." in lines
     )
-    assert "Convergence unknown (no val/top1 at both epochs in history.csv): baseline/seed0." in lines
+    assert (
+        "Convergence unknown (no val/top1 at every epoch of the last quarter in history.csv): baseline/seed0."
+        in lines
+    )
     text = render_markdown(report)
     assert row(text, "dsts", "+4.3", "0.50", "seed1") and row(text, "baseline", "+0.0", "unknown", "none")
     assert row(text, "dsts", "3–6") and row(text, "baseline", "1–3")  # the epochs of each variant's runs

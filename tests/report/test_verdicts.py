@@ -4,9 +4,12 @@ trajectories, on hand-computed cases."""
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dsts.report.verdicts import control_check, flagged, late_gain, pair_tests, routing_ends
 
@@ -105,9 +108,47 @@ def test_late_gain_spans_a_quarter_of_the_epochs(epochs, start):
         assert gain == pytest.approx(0.01 * (epochs - start))
 
 
+def exact_rise(epochs: list[int], values: list[float]) -> Fraction:
+    """The oracle: the least-squares line's rise from the first to the last epoch, from the normal
+    equations in exact rational arithmetic (sums of x, x^2, y and xy, uncentred)."""
+    n = len(epochs)
+    x = [Fraction(e) for e in epochs]
+    y = [Fraction(v) for v in values]
+    sx, sy = sum(x), sum(y)
+    sxx, sxy = sum(a * a for a in x), sum(a * b for a, b in zip(x, y, strict=True))
+    slope = (n * sxy - sx * sy) / (n * sxx - sx * sx)
+    return slope * (x[-1] - x[0])
+
+
+@given(
+    st.lists(
+        st.integers(min_value=0, max_value=384).map(lambda k: k / 384), min_size=2, max_size=40
+    )  # accuracies on 384 clips
+)
+def test_late_gain_is_the_rise_of_the_least_squares_line_over_the_last_quarter(curve):
+    rows = history({e: v for e, v in enumerate(curve, start=1)})
+    gain, last, start = late_gain(rows)
+    assert (last, start) == (len(curve), len(curve) - max(1, math.floor(len(curve) / 4 + 0.5)))
+    window = list(range(start, last + 1))
+    assert gain == pytest.approx(float(exact_rise(window, curve[start - 1 :])), abs=1e-12)
+
+
+def test_late_gain_reads_every_epoch_of_the_quarter():
+    # 16 epochs: epochs 12 to 16. The two end epochs tie, so their difference says 0; the epochs between
+    # dip and come back: centred epochs -2..2 against 0.80, 0.78, 0.79, 0.80, 0.80 (mean 0.794) give the
+    # slope 0.02 / 10 and a rise of 4 * 0.002 = 0.008.
+    rows = history({**{e: 0.5 for e in range(1, 12)}, 12: 0.80, 13: 0.78, 14: 0.79, 15: 0.80, 16: 0.80})
+    assert late_gain(rows)[0] == pytest.approx(0.008)
+    flat_after_a_climb = history({**{e: 0.05 * e for e in range(1, 12)}, **{e: 0.8 for e in range(12, 17)}})
+    assert late_gain(flat_after_a_climb)[0] == pytest.approx(0.0, abs=1e-15)
+    assert late_gain(history({1: 0.2, 2: 0.5}))[0] == pytest.approx(0.3)  # q = 1: the two epochs
+
+
 def test_late_gain_is_unknown_without_validation_top1():
     assert late_gain(history({1: 0.2, 2: 0.3, 3: 0.4}))[0] == pytest.approx(0.1)
     assert math.isnan(late_gain(history({1: 0.2, 2: 0.3, 3: math.nan}))[0])
+    # 8 epochs: q = 2, epochs 6 to 8; a gap inside the quarter leaves the line undefined
+    assert math.isnan(late_gain(history({**{e: 0.5 for e in range(1, 8)}, 7: math.nan, 8: 0.6}))[0])
     assert math.isnan(late_gain([{"epoch": 1.0, "train/loss": 1.0}, {"epoch": 2.0, "train/loss": 0.9}])[0])
     gain, last, first = late_gain([])
     assert math.isnan(gain) and (last, first) == (0, 0)
