@@ -47,6 +47,8 @@ def env_for(workspace: Path) -> dict[str, str]:
     env["GIT_COMMITTER_EMAIL"] = "t@t.invalid"
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("PYTHONPATH", None)  # stages import the workspace's own copy of the code
+    # and write its bytecode next to it, as they do for a user (whose shell does not forbid it)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
 
 
