@@ -54,11 +54,17 @@ smoke: setup
 verify-repro: setup
 	python -m pipeline.verify_repro
 
+# Two workers (pytest-xdist): the end-to-end tests spend most of their time starting processes whose
+# imports are single-threaded, so two of them share the two cores. A file's tests stay on one worker
+# (--dist loadfile), as its module fixtures expect. WORKERS=0 runs in one process.
+WORKERS ?= 2
+XDIST = -n $(WORKERS) --dist loadfile
+
 test: setup
-	python -m pytest --benchmark-disable $(PYTEST_ARGS)
+	python -m pytest --benchmark-disable $(XDIST) $(PYTEST_ARGS)
 
 test-fast: setup
-	python -m pytest --benchmark-disable -m "not slow" $(PYTEST_ARGS)
+	python -m pytest --benchmark-disable -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 # Timings saved under .benchmarks/ with the machine's description; bench-compare fails when a median
 # is 25% slower than the last saved run; bench-ratios sets the ratios against the goals of
