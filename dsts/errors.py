@@ -18,3 +18,7 @@ class ConfigError(DSTSError, ValueError):
 
 class DataError(DSTSError):
     """Bad data: the one-line message names the annotation file and entry or line, or the video file."""
+
+
+class TrackingError(DSTSError):
+    """An MLflow store that cannot be opened: the one-line message names the tracking URI."""

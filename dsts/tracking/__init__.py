@@ -32,10 +32,12 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from dsts import provenance  # noqa: E402
 from dsts.config import Config  # noqa: E402
+from dsts.errors import TrackingError  # noqa: E402
 
 T = TypeVar("T")
 
@@ -144,7 +146,16 @@ def open_experiment(cfg: Config) -> tuple[str, MlflowClient, str]:
     """``(uri, client, experiment_id)``: the store (relocated if it moved) and the experiment of
     ``cfg``, created once with its artifacts beside a SQLite store."""
     uri = tracking_uri()  # not mlflow.set_tracking_uri: it would also set MLFLOW_TRACKING_URI
-    name = experiment_name(cfg)
+    try:
+        return _open_experiment(uri, experiment_name(cfg))
+    except MlflowException as exc:  # a store the user named and MLflow refuses: their fix, not a bug
+        raise TrackingError(
+            f"the MLflow store {uri} cannot be opened (MLFLOW_TRACKING_URI, or tracking.enabled=false "
+            f"to run without MLflow): {exc.message}"
+        ) from None
+
+
+def _open_experiment(uri: str, name: str) -> tuple[str, MlflowClient, str]:
     with store_lock(uri):  # the first process creates the tables; the others wait for it
         client = MlflowClient(uri)
 

@@ -195,6 +195,22 @@ def test_bad_param_exits_2_with_one_line(workdir):
     assert proc.stderr.strip().count("\n") == 0 and "model.dsts.num_layers" in proc.stderr
 
 
+def test_a_store_mlflow_refuses_exits_2_with_one_line_and_writes_nothing(workdir):
+    out = workdir / "refused"
+    uri = f"file:{workdir / 'mlruns'}"  # MLflow 3's retired file store
+    proc = stage(
+        workdir,
+        "pipeline.train",
+        *("--variant", "baseline", "--seed", "0", "--out", str(out), "--set", "train.epochs=1"),
+        env={"MLFLOW_TRACKING_URI": uri, "MLFLOW_ALLOW_FILE_STORE": "false"},
+        check=False,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and uri in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+    assert not out.exists() and not (workdir / "mlruns").exists()
+
+
 @pytest.mark.parametrize("variant", ["dsts", "dsts_udl"])
 def test_torchrun_two_gloo_processes_train_one_epoch_into_one_run(workdir, variant):
     out = workdir / f"ddp_{variant}"

@@ -1,7 +1,7 @@
 """MLflow glue: the store follows DVC_ROOT, one run per (variant, seed) that a rerun continues,
 FAILED on an exception, a retry that outlasts SQLite's "database is locked", tags the UI groups
 and filters on, the data as a dataset input, evaluation after the history, system metrics only
-when asked, and artifacts that follow a moved store."""
+when asked, artifacts that follow a moved store, and a store MLflow refuses as one named error."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from dsts.config import load_config
+from dsts.errors import TrackingError
 from dsts.provenance import dir_md5
 from dsts.tracking import Tracker, relocate_artifacts, retry, tracking_uri
 
@@ -43,6 +44,19 @@ def test_retry_outlasts_transient_locks_and_not_real_errors():
     assert retry(locked_twice) == "ok" and len(calls) == 3
     with pytest.raises(ValueError, match="real"):
         retry(lambda: (_ for _ in ()).throw(ValueError("real")))
+
+
+@pytest.mark.parametrize("uri", ["file:{tmp}/mlruns", "{tmp}/mlruns", "bogus://store"])
+def test_a_store_mlflow_refuses_is_a_tracking_error_that_names_it(monkeypatch, tmp_path, uri):
+    # MLflow 3 refuses its old file store unless MLFLOW_ALLOW_FILE_STORE is set, and any unknown scheme
+    uri = uri.format(tmp=tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    cfg = make_config()
+    with pytest.raises(TrackingError) as caught:
+        Tracker(cfg, cfg.train_hash("cpu"))
+    assert uri in str(caught.value) and "tracking.enabled=false" in str(caught.value)
+    assert caught.value.__cause__ is None and list(tmp_path.iterdir()) == []  # nothing written
 
 
 def make_config(variant: str = "dsts", seed: int = 3, **overrides):
