@@ -35,6 +35,7 @@ from dsts.data.dataset import has_validation
 from dsts.data.sampling import SeededSampler
 from dsts.distributed import all_reduce_grads, all_reduce_mean
 from dsts.errors import DSTSError
+from dsts.layers import DSTSLayer
 from dsts.model import build_model
 from dsts.module import p_hard_schedule
 from dsts.portable import use_deterministic_kernels
@@ -148,6 +149,44 @@ def predict(model: nn.Module, loader: Iterable, device: torch.device, bf16: bool
     return Predictions(
         p, y, loss, torch.cat(selection) if selection else None, torch.cat(gates) if gates else None
     )
+
+
+@torch.no_grad()
+def recompute_bn_statistics(model: nn.Module, loader: Iterable, device: torch.device) -> None:
+    """Precise BatchNorm: replace every running statistic of ``model`` by that of the clips of
+    ``loader`` under the model's current weights, in place.
+
+    A running statistic is an exponential average over the last batches, each computed under weights
+    that a high learning rate has since moved; evaluation with them can misreport a model by tens of
+    points (docs/study.md, section 2). Here the model runs in evaluation mode over ``loader``
+    (``(clips, labels)`` batches of single-view clips), but for its BatchNorm layers, which normalise
+    each batch with its own statistics, as in training, and average them, each batch counting once
+    (PyTorch's cumulative average); a DSTS neuron routes as in evaluation and averages its routed
+    samples' statistics (:meth:`dsts.layers.DSTSLayer.start_recompute`). Unlike
+    ``torch.optim.swa_utils.update_bn``, which puts the whole model in training mode, nothing here
+    draws from a generator, so a training run that calls it keeps its random streams. The momenta
+    and the model's mode are restored; after an exception the statistics are undefined."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    layers = [m for m in model.modules() if isinstance(m, DSTSLayer)]
+    was_training, momenta = model.training, [bn.momentum for bn in norms]
+    model.eval()
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # a cumulative average
+        bn.train()
+    for layer in layers:
+        layer.start_recompute()
+    done = False
+    try:
+        for clips, _ in loader:
+            model(clips.to(device, non_blocking=True))
+        done = True
+    finally:
+        for layer in layers:
+            layer.finish_recompute(apply=done)
+        for bn, momentum in zip(norms, momenta, strict=True):
+            bn.momentum = momentum
+        model.train(was_training)
 
 
 def evaluation_metrics(

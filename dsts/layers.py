@@ -31,8 +31,8 @@ BN_EPS = 1e-5
 SCALE_FLOOR = 1e-6
 BN_MOMENTUM = 0.1
 
-# BatchNorm statistics: from the routed samples (training), from the whole batch (relaxed
-# training), or the running ones (evaluation).
+# BatchNorm statistics: from the routed samples (training, and evaluation routing while the
+# statistics are recomputed), from the whole batch (relaxed training), or the running ones (evaluation).
 _StatsMode = Literal["routed", "batch", "running"]
 
 
@@ -117,6 +117,9 @@ class DSTSLayer(nn.Module):
         self.last_selection: Tensor | None = None
         self.last_gates: Tensor | None = None
         self.last_probs: Tensor | None = None  # training: softmax of the selection logits (detached)
+        # while the statistics are recomputed: per BatchNorm, the count-weighted sums of the routed
+        # means and unbiased variances, and the samples per neuron (start_recompute)
+        self._recompute: dict[str, Tensor] | None = None
 
         n, c = num_neurons, channels
         self.score_weight = nn.Parameter(torch.empty(n, c, c))
@@ -242,7 +245,7 @@ class DSTSLayer(nn.Module):
                 gates = improved_semhash(
                     logits, self.training, self.gate_noise_std, self.p_hard, gen, noise=self.gate_noise
                 )
-            mode: _StatsMode = "routed" if self.training else "running"
+            mode: _StatsMode = "routed" if self.training or self._recompute is not None else "running"
             if self.routing == "dense":
                 out = self._dense(x, h, gates, selection, mode)
             else:
@@ -411,10 +414,18 @@ class DSTSLayer(nn.Module):
     def _update_running(self, moments: list[tuple[Tensor, Tensor]], counts: Tensor, positions: int) -> None:
         """In place on the buffers: ``running = (1 - m) running + m * batch`` (unbiased variance) for
         the neurons that got samples; the others are left exactly as they were. ``moments`` holds
-        ``(mean, biased var)`` of shape ``(N, C)`` per BatchNorm, ``counts`` the samples per neuron."""
+        ``(mean, biased var)`` of shape ``(N, C)`` per BatchNorm, ``counts`` the samples per neuron.
+        While the statistics are recomputed the batch's moments are accumulated instead."""
         has = (counts > 0).unsqueeze(1)
         elements = (counts * positions).to(torch.float64).unsqueeze(1)
         correction = elements / (elements - 1).clamp(min=1)
+        if self._recompute is not None:
+            weight = counts.to(torch.float64).unsqueeze(1)
+            for bn, (mean, var) in zip(self._bn_names, moments, strict=True):
+                self._recompute[f"{bn}_mean"] += weight * mean.to(torch.float64)
+                self._recompute[f"{bn}_var"] += weight * var.to(torch.float64) * correction
+            self._recompute["count"] += counts.to(torch.float64)
+            return
         for bn, (mean, var) in zip(self._bn_names, moments, strict=True):
             running_mean, running_var = getattr(self, f"{bn}_mean"), getattr(self, f"{bn}_var")
             unbiased = var * correction.to(var.dtype)
@@ -423,3 +434,39 @@ class DSTSLayer(nn.Module):
             running_mean.copy_(torch.where(has, new_mean, running_mean))
             running_var.copy_(torch.where(has, new_var, running_var))
         self.bn_num_batches_tracked.add_(has.squeeze(1).long())
+
+    # -------------------------------------------------------------- recomputed statistics
+    def start_recompute(self) -> None:
+        """Begin recomputing the running statistics ("precise BatchNorm"): until
+        :meth:`finish_recompute`, an evaluation-mode forward routes as in evaluation (the argmax
+        neuron, deterministic gates, no draw from any generator) but normalises each neuron's samples
+        with their own statistics, as training does, and accumulates those statistics. The buffers
+        are untouched until :meth:`finish_recompute`."""
+        if self.relaxed:
+            raise ValueError("DSTSLayer: the relaxed mode keeps no running statistics to recompute")
+        n, c = self.num_neurons, self.channels
+        self._recompute = {"count": torch.zeros(n, dtype=torch.float64, device=self.fusion_bias.device)}
+        for bn in self._bn_names:
+            for stat in ("mean", "var"):
+                self._recompute[f"{bn}_{stat}"] = torch.zeros(
+                    n, c, dtype=torch.float64, device=self.fusion_bias.device
+                )
+
+    @torch.no_grad()
+    def finish_recompute(self, apply: bool = True) -> None:
+        """Set each neuron's running statistics to those of its routed samples over every batch since
+        :meth:`start_recompute`: the mean, and the unbiased within-batch variance that training
+        normalises with, each weighted by the neuron's samples in the batch. A neuron that got no
+        sample keeps its statistics. ``apply=False`` discards what was accumulated."""
+        acc, self._recompute = self._recompute, None
+        if acc is None:
+            raise RuntimeError("DSTSLayer: finish_recompute without start_recompute")
+        if not apply:
+            return
+        count = acc["count"].unsqueeze(1)
+        has = count > 0
+        for bn in self._bn_names:
+            for stat in ("mean", "var"):
+                buffer = getattr(self, f"{bn}_{stat}")
+                pooled = (acc[f"{bn}_{stat}"] / count.clamp(min=1)).to(buffer.dtype)
+                buffer.copy_(torch.where(has, pooled, buffer))

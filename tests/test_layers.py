@@ -560,3 +560,83 @@ def test_set_p_hard_validates():
     assert layer.p_hard == 0.25
     with pytest.raises(ValueError, match="p_hard"):
         layer.set_p_hard(1.5)
+
+
+# ------------------------------------------------------------------ recomputed statistics
+
+
+def pre_norm(
+    layer: DSTSLayer, xi: torch.Tensor, gates_i: torch.Tensor | None, i: int
+) -> dict[str, torch.Tensor]:
+    """Neuron ``i``'s BatchNorm inputs on samples ``xi`` (gates ``(B, C)``), by ``F.conv3d``, per
+    BatchNorm name."""
+    if layer.specialization == "3d":
+        return {"bn": F.conv3d(xi, layer.conv3d_weight[i], padding=1)}
+    b = gates_i.view(*gates_i.shape, 1, 1, 1)
+    return {
+        "bn_spatial": F.conv3d(xi * (1 - b), layer.spatial_weight[i], padding=(0, 1, 1)),
+        "bn_temporal": F.conv3d(xi * b, layer.temporal_weight[i], padding=(1, 0, 0)),
+    }
+
+
+@settings(max_examples=expensive(40, 10))
+@given(dims, st.sampled_from(["dense", "sparse"]), st.integers(1, 3))
+def test_recomputed_statistics_pool_each_neurons_routed_samples_under_evaluation_routing(d, routing, batches):
+    """Between start_recompute and finish_recompute an evaluation forward picks the argmax neuron with
+    deterministic gates, normalises each neuron's samples with their own statistics (the per-neuron
+    reference in training mode), draws nothing and leaves the buffers alone; finish_recompute sets each
+    neuron's statistics to the mean of its routed batches' means and unbiased variances, weighted by
+    its samples in each, and leaves a neuron that got no sample as it was."""
+    if d["t"] * d["h"] * d["w"] == 1:
+        d = {**d, "w": 2}  # the oracle's unbiased variance needs two values per channel
+    layer = make_layer(d["c"], d["n"], d["spec"], routing, seed=d["seed"]).eval()
+    before = {k: v.clone() for k, v in layer.named_buffers()}
+    sums = {k: torch.zeros_like(v) for k, v in before.items() if k != "bn_num_batches_tracked"}
+    counts = torch.zeros(d["n"], dtype=torch.float64)
+    state = torch.get_rng_state()
+    layer.start_recompute()
+    for k in range(batches):
+        x = inputs({**d, "seed": d["seed"] + 11 * k})
+        with torch.no_grad():
+            out = layer(x)
+        selection = layer.spikes(x).argmax(-1)
+        assert torch.equal(layer.last_selection, selection)
+        gates = (layer.gate > 0).double().expand(d["b"], d["n"], d["c"]) if d["spec"] == "st" else None
+        hard = F.one_hot(selection, d["n"]).double()
+        clones = {k: v.clone() for k, v in before.items()}
+        ref = reference(layer, x, hard, gates, per_neuron=True, batch_stats=True, buffers=clones)
+        torch.testing.assert_close(out, ref.detach(), rtol=1e-9, atol=1e-10)
+        for name, buf in layer.named_buffers():
+            assert torch.equal(buf, before[name]), name
+        for i in range(d["n"]):
+            rows = (selection == i).nonzero().flatten()
+            if len(rows) == 0:
+                continue
+            with torch.no_grad():
+                z = pre_norm(layer, x[rows], None if gates is None else gates[rows, i], i)
+            for bn, zi in z.items():
+                per_channel = zi.transpose(0, 1).flatten(1)
+                sums[f"{bn}_mean"][i] += len(rows) * per_channel.mean(1)
+                sums[f"{bn}_var"][i] += len(rows) * per_channel.var(1, unbiased=True)
+            counts[i] += len(rows)
+    layer.finish_recompute()
+    assert torch.equal(torch.get_rng_state(), state)
+    has = (counts > 0).unsqueeze(1)
+    for name, buf in layer.named_buffers():
+        if name == "bn_num_batches_tracked":
+            assert torch.equal(buf, before[name])
+            continue
+        expected = torch.where(has, sums[name] / counts.clamp(min=1).unsqueeze(1), before[name])
+        torch.testing.assert_close(buf, expected, rtol=1e-9, atol=1e-12, msg=name)
+    # and afterwards the layer evaluates with its (new) running statistics again
+    running = reference(layer, x, hard, gates, True, False, dict(layer.named_buffers()))
+    torch.testing.assert_close(layer(x), running, rtol=1e-9, atol=1e-10)
+
+
+def test_recompute_is_refused_in_the_relaxed_mode_and_needs_a_start():
+    layer = make_layer(2, 2)
+    with pytest.raises(RuntimeError, match="without start_recompute"):
+        layer.finish_recompute()
+    layer.relaxed = True
+    with pytest.raises(ValueError, match="relaxed"):
+        layer.start_recompute()
