@@ -21,8 +21,11 @@ import json
 import os
 import random
 import sqlite3
+import ssl
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,6 +47,10 @@ T = TypeVar("T")
 CODE_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds dsts/ and pipeline/
 ARTIFACTS = "mlartifacts"  # beside mlflow.db
 RUN, STUDY = "run", "study"  # values of the run_kind tag
+# An http(s) store is asked once for /health before MLflow's client, which retries a server that does
+# not answer for minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES): a few quick tries, then one clear line.
+PROBE_ATTEMPTS = 3
+PROBE_SECONDS = 10.0  # per try: a server that accepts the connection but does not answer
 
 
 def workspace_root() -> Path:
@@ -142,10 +149,39 @@ def relocate_artifacts(uri: str) -> dict[str, tuple[str, str]]:
     return moved
 
 
+def probe_server(uri: str) -> None:
+    """Raise :class:`TrackingError` when an ``http(s)`` store does not answer at all (refused,
+    unresolvable, silent for ``PROBE_SECONDS``) after ``PROBE_ATTEMPTS`` tries. Any answer counts,
+    an HTTP error or a TLS handshake that MLflow's own settings may accept included; other stores are
+    not probed."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    reason = ""
+    for attempt in range(PROBE_ATTEMPTS):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_SECONDS):
+                return
+        except urllib.error.HTTPError:
+            return  # it answered
+        except urllib.error.URLError as exc:
+            if isinstance(exc.reason, ssl.SSLError):
+                return  # it answered; certificates are MLflow's business (MLFLOW_TRACKING_INSECURE_TLS)
+            reason = str(exc.reason)
+        except (OSError, ValueError) as exc:  # a timeout while reading, a malformed address
+            reason = str(exc) or type(exc).__name__
+        if attempt < PROBE_ATTEMPTS - 1:
+            time.sleep(0.5 * 2**attempt)
+    raise TrackingError(
+        f"the MLflow server {uri} does not answer ({reason}; {PROBE_ATTEMPTS} tries): start it, or set "
+        "MLFLOW_TRACKING_URI, or tracking.enabled=false to run without MLflow"
+    )
+
+
 def open_experiment(cfg: Config) -> tuple[str, MlflowClient, str]:
     """``(uri, client, experiment_id)``: the store (relocated if it moved) and the experiment of
     ``cfg``, created once with its artifacts beside a SQLite store."""
     uri = tracking_uri()  # not mlflow.set_tracking_uri: it would also set MLFLOW_TRACKING_URI
+    probe_server(uri)
     try:
         return _open_experiment(uri, experiment_name(cfg))
     except MlflowException as exc:  # a store the user named and MLflow refuses: their fix, not a bug

@@ -1,15 +1,19 @@
 """MLflow glue: the store follows DVC_ROOT, one run per (variant, seed) that a rerun continues,
 FAILED on an exception, a retry that outlasts SQLite's "database is locked", tags the UI groups
 and filters on, the data as a dataset input, evaluation after the history, system metrics only
-when asked, artifacts that follow a moved store, and a store MLflow refuses as one named error."""
+when asked, artifacts that follow a moved store, and a store MLflow refuses or a server that does not
+answer as one named error."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import math
 import shutil
+import socket
 import sqlite3
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from dsts.config import load_config
 from dsts.errors import TrackingError
 from dsts.provenance import dir_md5
-from dsts.tracking import Tracker, relocate_artifacts, retry, tracking_uri
+from dsts.tracking import Tracker, probe_server, relocate_artifacts, retry, tracking_uri
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,6 +61,38 @@ def test_a_store_mlflow_refuses_is_a_tracking_error_that_names_it(monkeypatch, t
         Tracker(cfg, cfg.train_hash("cpu"))
     assert uri in str(caught.value) and "tracking.enabled=false" in str(caught.value)
     assert caught.value.__cause__ is None and list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_a_server_that_does_not_answer_is_one_line_after_a_few_tries(monkeypatch, tmp_path):
+    """Without the probe, MLflow's client retries a refused connection for minutes before it gives up."""
+    with socket.socket() as free:  # a port that nothing listens on
+        free.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{free.getsockname()[1]}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    cfg = make_config()
+    with pytest.raises(TrackingError) as caught:
+        Tracker(cfg, cfg.train_hash("cpu"))
+    message = str(caught.value)
+    assert uri in message and "does not answer" in message and "tracking.enabled=false" in message
+    assert "\n" not in message and caught.value.__cause__ is None and list(tmp_path.iterdir()) == []
+
+
+def test_any_answer_passes_the_probe_and_other_stores_are_not_probed():
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the http.server API)
+            self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        probe_server(f"http://127.0.0.1:{server.server_address[1]}")  # a 404 is an answer
+    finally:
+        server.shutdown()
+    probe_server("sqlite:///nowhere/mlflow.db")  # only http(s) stores are probed
 
 
 def make_config(variant: str = "dsts", seed: int = 3, **overrides):
