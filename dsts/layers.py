@@ -416,7 +416,6 @@ class DSTSLayer(nn.Module):
         the neurons that got samples; the others are left exactly as they were. ``moments`` holds
         ``(mean, biased var)`` of shape ``(N, C)`` per BatchNorm, ``counts`` the samples per neuron.
         While the statistics are recomputed the batch's moments are accumulated instead."""
-        has = (counts > 0).unsqueeze(1)
         elements = (counts * positions).to(torch.float64).unsqueeze(1)
         correction = elements / (elements - 1).clamp(min=1)
         if self._recompute is not None:
@@ -426,6 +425,7 @@ class DSTSLayer(nn.Module):
                 self._recompute[f"{bn}_var"] += weight * var.to(torch.float64) * correction
             self._recompute["count"] += counts.to(torch.float64)
             return
+        has = (counts > 0).unsqueeze(1)
         for bn, (mean, var) in zip(self._bn_names, moments, strict=True):
             running_mean, running_var = getattr(self, f"{bn}_mean"), getattr(self, f"{bn}_var")
             unbiased = var * correction.to(var.dtype)
@@ -444,13 +444,10 @@ class DSTSLayer(nn.Module):
         are untouched until :meth:`finish_recompute`."""
         if self.relaxed:
             raise ValueError("DSTSLayer: the relaxed mode keeps no running statistics to recompute")
-        n, c = self.num_neurons, self.channels
-        self._recompute = {"count": torch.zeros(n, dtype=torch.float64, device=self.fusion_bias.device)}
-        for bn in self._bn_names:
-            for stat in ("mean", "var"):
-                self._recompute[f"{bn}_{stat}"] = torch.zeros(
-                    n, c, dtype=torch.float64, device=self.fusion_bias.device
-                )
+        self._recompute = {
+            name: torch.zeros_like(getattr(self, name), dtype=torch.float64) for name in self._stat_names()
+        }
+        self._recompute["count"] = torch.zeros_like(self.bn_num_batches_tracked, dtype=torch.float64)
 
     @torch.no_grad()
     def finish_recompute(self, apply: bool = True) -> None:
@@ -464,9 +461,11 @@ class DSTSLayer(nn.Module):
         if not apply:
             return
         count = acc["count"].unsqueeze(1)
-        has = count > 0
-        for bn in self._bn_names:
-            for stat in ("mean", "var"):
-                buffer = getattr(self, f"{bn}_{stat}")
-                pooled = (acc[f"{bn}_{stat}"] / count.clamp(min=1)).to(buffer.dtype)
-                buffer.copy_(torch.where(has, pooled, buffer))
+        for name in self._stat_names():
+            buffer = getattr(self, name)
+            pooled = (acc[name] / count.clamp(min=1)).to(buffer.dtype)
+            buffer.copy_(torch.where(count > 0, pooled, buffer))
+
+    def _stat_names(self) -> list[str]:
+        """The running-statistic buffers: ``<bn>_mean`` and ``<bn>_var`` per BatchNorm."""
+        return [f"{bn}_{stat}" for bn in self._bn_names for stat in ("mean", "var")]

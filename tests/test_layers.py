@@ -92,6 +92,20 @@ def literal_logits(layer: DSTSLayer, x: torch.Tensor) -> torch.Tensor:
     return literal_spikes(layer, x) * layer.channels**0.5 / (nu.unsqueeze(1) * rms * layer.tau)
 
 
+def pre_norm(
+    layer: DSTSLayer, xi: torch.Tensor, gates_i: torch.Tensor | None, i: int
+) -> dict[str, torch.Tensor]:
+    """Neuron ``i``'s BatchNorm inputs on samples ``xi`` (gates ``(B, C)``), by ``F.conv3d``, per
+    BatchNorm name."""
+    if layer.specialization == "3d":
+        return {"bn": F.conv3d(xi, layer.conv3d_weight[i], padding=1)}
+    b = gates_i.view(*gates_i.shape, 1, 1, 1)
+    return {
+        "bn_spatial": F.conv3d(xi * (1 - b), layer.spatial_weight[i], padding=(0, 1, 1)),
+        "bn_temporal": F.conv3d(xi * b, layer.temporal_weight[i], padding=(1, 0, 0)),
+    }
+
+
 def reference(
     layer: DSTSLayer,
     x: torch.Tensor,
@@ -129,12 +143,8 @@ def reference(
 
         if layer.specialization == "st":
             assert gates is not None
-            b = gates[rows, i].view(len(rows), c, 1, 1, 1)
-            z_s = F.conv3d(xi * (1 - b), layer.spatial_weight[i], padding=(0, 1, 1))
-            z_t = F.conv3d(xi * b, layer.temporal_weight[i], padding=(1, 0, 0))
-            z = F.relu(bn(z_s, "bn_spatial")) + F.relu(bn(z_t, "bn_temporal"))
-        else:
-            z = F.relu(bn(F.conv3d(xi, layer.conv3d_weight[i], padding=1), "bn"))
+        pre = pre_norm(layer, xi, None if gates is None else gates[rows, i], i)
+        z = sum(F.relu(bn(z_k, name)) for name, z_k in pre.items())
         f = F.conv3d(z, layer.fusion_weight[i].view(c, c, 1, 1, 1), layer.fusion_bias[i])
         out = out.index_add(0, rows, weights[rows, i].view(-1, 1, 1, 1, 1) * f)
     return out
@@ -563,20 +573,6 @@ def test_set_p_hard_validates():
 
 
 # ------------------------------------------------------------------ recomputed statistics
-
-
-def pre_norm(
-    layer: DSTSLayer, xi: torch.Tensor, gates_i: torch.Tensor | None, i: int
-) -> dict[str, torch.Tensor]:
-    """Neuron ``i``'s BatchNorm inputs on samples ``xi`` (gates ``(B, C)``), by ``F.conv3d``, per
-    BatchNorm name."""
-    if layer.specialization == "3d":
-        return {"bn": F.conv3d(xi, layer.conv3d_weight[i], padding=1)}
-    b = gates_i.view(*gates_i.shape, 1, 1, 1)
-    return {
-        "bn_spatial": F.conv3d(xi * (1 - b), layer.spatial_weight[i], padding=(0, 1, 1)),
-        "bn_temporal": F.conv3d(xi * b, layer.temporal_weight[i], padding=(1, 0, 0)),
-    }
 
 
 @settings(max_examples=expensive(40, 10))
