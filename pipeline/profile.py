@@ -5,6 +5,11 @@ leaf becomes a ``--set-param key=value`` of ``dvc exp run``, so the experiment's
 report sit beside the default run's in ``dvc exp show`` and ``dvc exp diff``, and ``dvc exp apply``
 brings them into the workspace. ``--queue`` queues it (``dvc queue start`` runs it); ``--dry``
 prints the command.
+
+A profile's value wins over an ablation file's: where a variant sets a key the profile sets too
+(``train.epochs`` for the variants that train longer), the item names that file as well,
+``--set-param ablations/<variant>.yaml:<key>=<value>``. The smoke copy and the sweep's workspaces
+follow the same rule (:func:`write_ablations`).
 """
 
 from __future__ import annotations
@@ -16,8 +21,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from dsts.config import read_yaml
+import yaml
+
+from dsts.config import deep_merge, flatten, read_yaml
 from pipeline._cli import run
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def set_params(tree: dict[str, Any], prefix: str = "") -> list[str]:
@@ -33,6 +42,35 @@ def set_params(tree: dict[str, Any], prefix: str = "") -> list[str]:
     return out
 
 
+def shadowed(profile: dict[str, Any], ablation: dict[str, Any]) -> dict[str, Any]:
+    """The leaves of ``profile`` that ``ablation`` sets too, nested as in the files: merged into
+    the ablation file, they make the profile's value win there (a smoke run's one epoch over a
+    variant's longer schedule)."""
+    own = flatten(ablation)
+    tree: dict[str, Any] = {}
+    for key, value in flatten(profile).items():
+        if key in own:
+            *parents, last = key.split(".")
+            leaf: dict[str, Any] = {last: value}
+            for name in reversed(parents):
+                leaf = {name: leaf}
+            tree = deep_merge(tree, leaf)
+    return tree
+
+
+def write_ablations(dest: Path, profile: dict[str, Any], source: Path = ROOT / "ablations") -> None:
+    """Write the ablation files of ``source`` into ``dest``, each with the profile's value where
+    both set a key; a file the profile does not touch is copied as it is."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for file in sorted(source.glob("*.yaml")):
+        ablation = read_yaml(file)
+        override = shadowed(profile, ablation)
+        text = (
+            yaml.safe_dump(deep_merge(ablation, override), sort_keys=False) if override else file.read_text()
+        )
+        (dest / file.name).write_text(text)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.profile", description=__doc__)
     parser.add_argument("profile", type=Path, help="a params file of overrides, e.g. full.yaml")
@@ -45,6 +83,9 @@ def main() -> int:
     cmd += ["--queue"] if args.queue else []
     for item in set_params(overrides):
         cmd += ["--set-param", item]
+    for file in sorted((ROOT / "ablations").glob("*.yaml")):
+        for item in set_params(shadowed(overrides, read_yaml(file))):
+            cmd += ["--set-param", f"ablations/{file.name}:{item}"]
     print(shlex.join(cmd), flush=True)
     return 0 if args.dry else subprocess.run(cmd).returncode
 

@@ -20,6 +20,7 @@ import yaml
 
 from dsts.config import deep_merge, read_yaml
 from pipeline._cli import run
+from pipeline.profile import write_ablations
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,13 +43,16 @@ def workspace_files(root: Path) -> list[str]:
 
 def make_copy(dest: Path, profile: Path) -> None:
     """Copy the workspace into ``dest`` (a fresh git repository with one commit, as ``dvc exp``
-    needs), with ``profile`` merged into its params.yaml."""
+    needs), with ``profile`` merged into its params.yaml and, where a variant sets the same key,
+    into that variant's ablation file."""
     for name in workspace_files(ROOT):
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, target)
-    params = deep_merge(read_yaml(dest / "params.yaml"), read_yaml(profile))
+    overrides = read_yaml(profile)
+    params = deep_merge(read_yaml(dest / "params.yaml"), overrides)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_ablations(dest / "ablations", overrides)  # the profile wins over a variant's own values
     env = dict(os.environ, GIT_AUTHOR_NAME="smoke", GIT_AUTHOR_EMAIL="smoke@dsts-bench.invalid")
     env.update(GIT_COMMITTER_NAME="smoke", GIT_COMMITTER_EMAIL="smoke@dsts-bench.invalid")
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-q", "-m", "smoke copy"]):

@@ -2,7 +2,8 @@
 docs/study.md and docs/routing.md, each reproducible by one command.
 
 At every grid point it writes a workspace (``<out>/<point>/``: ``params.yaml`` with the overrides,
-the variants and seeds, the ablation files), generates the data there when the point changes
+the variants and seeds, the ablation files with the point's settings winning where a variant sets
+the same key), generates the data there when the point changes
 ``data.generate`` (else it reads ``--data``), trains and evaluates every (variant, seed) with the
 stage scripts, and writes the report (``reports/ablation.md``, ``summary.json``). A finished run is
 not redone, so an interrupted sweep continues. At the end it prints one table row per point and
@@ -34,6 +35,7 @@ from dsts.config import deep_merge, parse_override, read_yaml
 from dsts.report import make_report
 from dsts.runs import read_history, read_metrics, run_folder
 from pipeline._cli import run
+from pipeline.profile import write_ablations
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,8 +68,10 @@ def run_point(out: Path, overrides: list[str], args: argparse.Namespace) -> list
     workspace = out / name
     workspace.mkdir(parents=True, exist_ok=True)
     tree = read_yaml(ROOT / "params.yaml")
+    changes: dict = {}
     for text in [*args.set, *overrides, "tracking.enabled=false"]:
-        tree = deep_merge(tree, parse_override(text))
+        changes = deep_merge(changes, parse_override(text))
+    tree = deep_merge(tree, changes)
     tree["variants"], tree["seeds"] = args.variants, args.seeds
     if any(o.startswith("data.generate") for o in [*args.set, *overrides]) or not args.data:
         tree["data"]["root"] = str(workspace / "data")
@@ -77,8 +81,9 @@ def run_point(out: Path, overrides: list[str], args: argparse.Namespace) -> list
     else:
         tree["data"]["root"] = str(Path(args.data).resolve())
     (workspace / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
-    if not (workspace / "ablations").exists():
-        (workspace / "ablations").symlink_to(ROOT / "ablations")
+    if (workspace / "ablations").is_symlink():  # a workspace of an older sweep
+        (workspace / "ablations").unlink()
+    write_ablations(workspace / "ablations", changes)  # a point's setting wins over a variant's
     rows = []
     for variant in args.variants:
         for seed in args.seeds:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.profile import write_ablations
 from tests.pipeline.e2e import ROOT, TINY, deep_update, stage
 
 
@@ -17,6 +18,6 @@ def workdir(tmp_path_factory) -> Path:
     params = deep_update(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
     params["data"]["root"] = str(work / "data" / "generated")
     (work / "params.yaml").write_text(yaml.safe_dump(params))
-    (work / "ablations").symlink_to(ROOT / "ablations")
+    write_ablations(work / "ablations", TINY)  # the real ablations, at the tiny profile's epochs
     stage(work, "pipeline.prepare", "--out", params["data"]["root"])
     return work

@@ -1,5 +1,6 @@
-"""The study profiles: ``full.yaml`` names only existing params and variants, and its overrides
-become ``dvc exp run --set-param`` items that DVC's YAML reading turns back into the same values."""
+"""The study profiles: ``full.yaml`` names only existing params and variants, its overrides
+become ``dvc exp run --set-param`` items that DVC's YAML reading turns back into the same values,
+and a profile's value wins over an ablation file's where both set a key."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dsts.config import deep_merge, load_config, read_yaml
-from pipeline.profile import set_params
+from dsts.config import deep_merge, flatten, load_config, read_yaml
+from pipeline.profile import set_params, shadowed, write_ablations
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,6 +49,34 @@ def leaves(tree: dict, prefix: str = "") -> list[str]:
         for key, v in tree.items()
         for k in (leaves(v, f"{prefix}{key}.") if isinstance(v, dict) else [f"{prefix}{key}"])
     ]
+
+
+names = st.sampled_from(["train", "data", "epochs", "step", "seed"])
+config_tree = st.recursive(
+    st.integers(0, 3), lambda inner: st.dictionaries(names, inner, min_size=1, max_size=3), max_leaves=6
+)
+
+
+@given(st.dictionaries(names, config_tree, max_size=3), st.dictionaries(names, config_tree, max_size=3))
+def test_shadowed_lets_the_profile_win_on_the_ablation_files_own_keys(profile, ablation):
+    merged = deep_merge(ablation, shadowed(profile, ablation))
+    # the oracle, leaf by leaf: every leaf the ablation file has, with the profile's value where the
+    # profile has the same leaf, and no other leaf
+    mine, theirs = flatten(ablation), flatten(profile)
+    assert flatten(merged) == {key: theirs.get(key, value) for key, value in mine.items()}
+
+
+def test_write_ablations_copies_untouched_files_as_they_are(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.yaml").write_text("# long\ntrain:\n  epochs: 32\n  step_size: 22\nmodel:\n  x: 1\n")
+    (source / "b.yaml").write_text("# kept, comment and all\nmodel:\n  x: 2\n")
+    write_ablations(tmp_path / "out", {"train": {"epochs": 1, "lr": 0.5}, "model": {"y": 3}}, source)
+    assert read_yaml(tmp_path / "out" / "a.yaml") == {
+        "train": {"epochs": 1, "step_size": 22},
+        "model": {"x": 1},
+    }
+    assert (tmp_path / "out" / "b.yaml").read_text() == (source / "b.yaml").read_text()
 
 
 def test_full_profile_overrides_existing_params_and_loads_every_variant():
