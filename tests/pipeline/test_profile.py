@@ -4,13 +4,16 @@ and a profile's value wins over an ablation file's where both set a key."""
 
 from __future__ import annotations
 
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dsts.config import deep_merge, flatten, load_config, read_yaml
+from dsts.config import deep_merge, flatten, load_config, parse_override, read_yaml
 from pipeline.profile import set_params, shadowed, write_ablations
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,6 +80,36 @@ def test_write_ablations_copies_untouched_files_as_they_are(tmp_path):
         "model": {"x": 1},
     }
     assert (tmp_path / "out" / "b.yaml").read_text() == (source / "b.yaml").read_text()
+
+
+def test_the_full_profile_reaches_a_variant_that_sets_its_own_epochs(tmp_path):
+    """baseline.yaml trains for fewer epochs than params.yaml; the dvc command that runs full.yaml,
+    applied to copies of the files as DVC would, must train every variant for full's epochs."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.profile", "full.yaml", "--dry"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    files = {"params.yaml": read_yaml(ROOT / "params.yaml")}
+    files |= {f"ablations/{f.name}": read_yaml(f) for f in (ROOT / "ablations").glob("*.yaml")}
+    args = shlex.split(proc.stdout)
+    for flag, item in zip(args, args[1:]):
+        if flag == "--set-param":
+            name, _, change = item.rpartition(":") if ".yaml:" in item else ("", "", item)
+            files[name or "params.yaml"] = deep_merge(files[name or "params.yaml"], parse_override(change))
+    for name, tree in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(yaml.safe_dump(tree))
+    full = read_yaml(ROOT / "full.yaml")
+    assert load_config(ROOT / "params.yaml", variant="baseline").train.epochs < full["train"]["epochs"]
+    for variant in full["variants"]:
+        cfg = load_config(tmp_path / "params.yaml", variant=variant)
+        assert (cfg.train.epochs, cfg.train.step_size) == (
+            full["train"]["epochs"],
+            full["train"]["step_size"],
+        )
 
 
 def test_full_profile_overrides_existing_params_and_loads_every_variant():
