@@ -21,8 +21,13 @@ __all__ = [
     "findings",
     "power_sentences",
     "specialization_sentence",
+    "tie_sentences",
     "verdict",
 ]
+
+# Accuracies are multiples of one over a few hundred clips, so a spread that is not 0 is far above
+# this; below it, the spread is 0 up to floating-point rounding.
+TIED = 1e-9
 
 
 def _test(row: Mapping[str, Any], alpha: float, diff: bool = True) -> str:
@@ -161,6 +166,36 @@ def cue_sentences(report: Report) -> list[str]:
             )
         else:
             out.append(f"{a}: no variant has 2 seeds to test against 50%.")
+    return out
+
+
+def tie_sentences(report: Report) -> list[str]:
+    """The tests whose seeds agreed to the last digit: with a spread of 0 a t-based interval has no
+    width, the t-test's p-value is 0 and the detectable difference is 0, which says that the seeds
+    agreed, not that the difference is certain (accuracies are discrete, so few seeds can tie)."""
+    paired = [
+        f"{c['first']} − {c['second']} on {c['metric']}"
+        for c in report.comparisons.to_dict("records")
+        if c["n_pairs"] >= 2 and c["diff_sd"] <= TIED
+    ]
+    cues = [
+        f"{r['variant']} on {a}"
+        for r in report.ablation.to_dict("records")
+        for a in report.attributes
+        if r.get(f"pair_{a}_n", 0) >= 2 and r[f"pair_{a}_ci_high"] - r[f"pair_{a}_ci_low"] <= TIED
+    ]
+    out = []
+    if paired:
+        out.append(
+            f"The paired differences are equal on every seed for {', '.join(paired)}: their spread is 0, so their "
+            "interval has no width and their p-value and detectable difference are 0. The seeds agreed; "
+            "that does not make the difference certain."
+        )
+    if cues:
+        out.append(
+            f"The within-pair accuracy is equal on every seed for {', '.join(cues)}: its interval has no width "
+            "and its p-value against 50% is 0, for the same reason."
+        )
     return out
 
 
@@ -307,6 +342,7 @@ def findings(report: Report) -> list[str]:
         for a, b in report.skipped
     ]
     lines += power_sentences(report)
+    lines += tie_sentences(report)
     lines += cue_sentences(report)
     lines += convergence_sentences(report)
     return lines

@@ -266,3 +266,25 @@ def test_environments_are_listed_and_a_mix_is_warned(tmp_path):
     text = render_markdown(report)
     assert text.count("trained in 2 different environments") == 2  # at the top and under Reproducibility
     assert row(text, "1", "dsts/seed1", "Xeon", "?", "AVX512", "2")  # cpu_id not recorded here
+
+
+def test_equal_differences_on_every_seed_are_named_not_taken_for_certainty(tmp_path):
+    tied = from_values(
+        tmp_path / "a",
+        {
+            "dsts": {"test/top1": [0.50, 0.60], "test/pair/rotation": [0.90, 0.90]},
+            "baseline": {"test/top1": [0.45, 0.55], "test/pair/rotation": [0.80, 0.85]},
+        },
+    )
+    c = tied.comparisons.set_index(["metric", "first", "second"]).loc[("top1", "dsts", "baseline")]
+    assert c["mdd"] < 1e-9 and c["p_value"] < 1e-9  # what a t-test makes of a spread of 0
+    text = "\n".join(findings(tied))
+    assert "The paired differences are equal on every seed for dsts − baseline on top1" in text
+    assert "dsts − baseline on rotation" not in text  # +10 and +5 points: a spread
+    assert "The within-pair accuracy is equal on every seed for dsts on rotation" in text
+    assert "baseline on rotation" not in text.split("The within-pair accuracy")[1].split("\n")[0]
+    apart = from_values(
+        tmp_path / "b",
+        {"dsts": {"test/top1": [0.50, 0.60]}, "baseline": {"test/top1": [0.45, 0.56]}},
+    )
+    assert not any("equal on every seed" in line for line in findings(apart))
