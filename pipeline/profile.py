@@ -18,12 +18,13 @@ import argparse
 import json
 import shlex
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from dsts.config import deep_merge, flatten, read_yaml
+from dsts.config import deep_merge, read_yaml
 from pipeline._cli import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,25 +47,31 @@ def shadowed(profile: dict[str, Any], ablation: dict[str, Any]) -> dict[str, Any
     """The leaves of ``profile`` that ``ablation`` sets too, nested as in the files: merged into
     the ablation file, they make the profile's value win there (a smoke run's one epoch over a
     variant's longer schedule)."""
-    own = flatten(ablation)
-    tree: dict[str, Any] = {}
-    for key, value in flatten(profile).items():
-        if key in own:
-            *parents, last = key.split(".")
-            leaf: dict[str, Any] = {last: value}
-            for name in reversed(parents):
-                leaf = {name: leaf}
-            tree = deep_merge(tree, leaf)
-    return tree
+    out: dict[str, Any] = {}
+    for key, value in profile.items():
+        if key not in ablation or isinstance(value, dict) != isinstance(ablation[key], dict):
+            continue
+        inner = shadowed(value, ablation[key]) if isinstance(value, dict) else value
+        if inner != {}:
+            out[key] = inner
+    return out
+
+
+def ablation_overrides(
+    profile: dict[str, Any], source: Path = ROOT / "ablations"
+) -> Iterator[tuple[Path, dict[str, Any], dict[str, Any]]]:
+    """``(file, ablation, override)`` for each ablation file of ``source``: its contents and the
+    profile's values that must win in it (empty when the profile touches none of its keys)."""
+    for file in sorted(source.glob("*.yaml")):
+        ablation = read_yaml(file)
+        yield file, ablation, shadowed(profile, ablation)
 
 
 def write_ablations(dest: Path, profile: dict[str, Any], source: Path = ROOT / "ablations") -> None:
     """Write the ablation files of ``source`` into ``dest``, each with the profile's value where
     both set a key; a file the profile does not touch is copied as it is."""
     dest.mkdir(parents=True, exist_ok=True)
-    for file in sorted(source.glob("*.yaml")):
-        ablation = read_yaml(file)
-        override = shadowed(profile, ablation)
+    for file, ablation, override in ablation_overrides(profile, source):
         text = (
             yaml.safe_dump(deep_merge(ablation, override), sort_keys=False) if override else file.read_text()
         )
@@ -83,9 +90,10 @@ def main() -> int:
     cmd += ["--queue"] if args.queue else []
     for item in set_params(overrides):
         cmd += ["--set-param", item]
-    for file in sorted((ROOT / "ablations").glob("*.yaml")):
-        for item in set_params(shadowed(overrides, read_yaml(file))):
-            cmd += ["--set-param", f"ablations/{file.name}:{item}"]
+    for file, _, override in ablation_overrides(overrides):
+        cmd += [
+            arg for item in set_params(override) for arg in ("--set-param", f"ablations/{file.name}:{item}")
+        ]
     print(shlex.join(cmd), flush=True)
     return 0 if args.dry else subprocess.run(cmd).returncode
 
