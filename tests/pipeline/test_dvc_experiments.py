@@ -15,6 +15,7 @@ from tests.pipeline.workspaces import (
     TINY_GRID,
     dvc,
     make_workspace,
+    queue_workers,
     run,
     set_params,
     tiny_grid,
@@ -70,8 +71,8 @@ def test_queued_experiments_keep_metrics_plots_and_reports(tmp_path):
     workspace = make_workspace(tmp_path / "repo", profile)
     for lr in ("0.001", "0.004"):
         dvc(workspace, "exp", "run", "--queue", "-S", f"train.lr={lr}")
-    dvc(workspace, "queue", "start", "-j", "2")
-    wait_for_queue(workspace, 2)
+    with queue_workers(workspace, 2):
+        wait_for_queue(workspace, 2)
 
     rows = experiments(workspace)
     assert len(rows) == 2, rows.keys()

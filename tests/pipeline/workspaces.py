@@ -9,6 +9,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -65,6 +67,35 @@ def run(workspace: Path, *cmd: str, check: bool = True, timeout: int = 900) -> s
 
 def dvc(workspace: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
     return run(workspace, "dvc", *args, check=check, timeout=timeout)
+
+
+@contextmanager
+def queue_workers(workspace: Path, jobs: int, env: dict[str, str] | None = None) -> Iterator[None]:
+    """``dvc queue start -j jobs`` for the body of the ``with``; every worker is stopped after it.
+
+    The workers are daemons that inherit ``queue start``'s stdout, so it goes to a file: a captured
+    pipe would stay open as long as a worker lives. Workers leave by themselves once the queue has
+    been idle a while, but the filesystem broker of DVC's queue has a race between workers (one of
+    them can read a message another is still writing, fail to parse it and hang, after the
+    experiments have run). So ``dvc queue stop --kill`` ends them, whatever the body did."""
+    env = env or env_for(workspace)
+    log = workspace.parent / f"{workspace.name}.queue-start.log"
+    with log.open("w") as out:
+        proc = subprocess.run(
+            ["dvc", "queue", "start", "-j", str(jobs)],
+            cwd=workspace,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=300,
+        )
+    try:
+        assert proc.returncode == 0, f"dvc queue start exited {proc.returncode}:\n{log.read_text()[-3000:]}"
+        yield
+    finally:
+        subprocess.run(
+            ["dvc", "queue", "stop", "--kill"], cwd=workspace, env=env, capture_output=True, timeout=300
+        )
 
 
 def make_workspace(dest: Path, profile: dict) -> Path:
