@@ -30,7 +30,6 @@ def main() -> int:
     from dsts.plots import plot_confusion, plot_run_routing, plot_usage_heatmap
     from dsts.portable import fingerprint, pin_torch
     from dsts.runs import write_metrics, write_per_class, write_predictions
-    from dsts.tracking import Tracker
 
     pin_torch(cfg.train.portable, cfg.train.threads)
     device = resolve_device(cfg.train.device)
@@ -78,6 +77,8 @@ def main() -> int:
     write_metrics(out.metrics, metrics)
 
     if cfg.tracking.enabled:
+        from dsts.tracking import Tracker  # mlflow takes seconds to load: only for a tracked run
+
         tracker = Tracker(cfg, saved["config_hash"])
         run_id = json.loads(out.tracking.read_text()).get("run_id") if out.tracking.is_file() else None
         with tracker.run(run_id or None) as t:

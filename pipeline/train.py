@@ -29,7 +29,6 @@ def main() -> int:
     from dsts.plots import plot_learning_curves
     from dsts.portable import fingerprint, pin_torch
     from dsts.runs import write_history
-    from dsts.tracking import Tracker
 
     pin_torch(cfg.train.portable, cfg.train.threads)
     rank, world_size, device = init_from_env()
@@ -39,7 +38,11 @@ def main() -> int:
         trainer.run_id = (
             load_checkpoint(ckpt, cfg, trainer.device.type).get("run_id") if ckpt.exists() else None
         )
-        tracker = Tracker(cfg, trainer.train_hash) if cfg.tracking.enabled and rank == 0 else None
+        tracker = None
+        if cfg.tracking.enabled and rank == 0:
+            from dsts.tracking import Tracker  # mlflow takes seconds to load: only for a tracked run
+
+            tracker = Tracker(cfg, trainer.train_hash)
         if tracker is not None:
             trainer.on_epoch = lambda row, epoch: tracker.log_metrics(row, step=epoch)
 
