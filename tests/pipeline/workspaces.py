@@ -29,7 +29,13 @@ TINY_GRID = {
         "num_frames": 4,
         "resize": 32,
         "crop": 32,
-        "generate": {"clips_per_class_train": 2, "clips_per_class_test": 1, "frames": 8, "size": 32},
+        "generate": {
+            "clips_per_class_train": 2,
+            "clips_per_class_val": 2,
+            "clips_per_class_test": 1,
+            "frames": 8,
+            "size": 32,
+        },
     },
     "train": {"epochs": 1, "batch_size": 4, "device": "cpu"},
 }
