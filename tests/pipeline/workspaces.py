@@ -19,24 +19,15 @@ from dsts.data.dives import class_specs
 from dsts.data.generate import encode_mp4
 from dsts.data.render import render_clip
 from pipeline.smoke import make_copy
+from tests.pipeline.e2e import TINY
 
-# Two variants, one seed, clips of 4 frames at 32x32, one epoch: a whole `dvc repro` in about a minute.
+# Two variants, one seed, one epoch on the e2e tests' tiny data (clips of 4 frames at 32x32): a whole
+# `dvc repro` in about a minute.
 TINY_GRID = {
     "variants": ["baseline", "dsts"],
     "seeds": [0],
     "report": {"confusion_run": "dsts/seed0"},
-    "data": {
-        "num_frames": 4,
-        "resize": 32,
-        "crop": 32,
-        "generate": {
-            "clips_per_class_train": 2,
-            "clips_per_class_val": 2,
-            "clips_per_class_test": 1,
-            "frames": 8,
-            "size": 32,
-        },
-    },
+    "data": copy.deepcopy(TINY["data"]),
     "train": {"epochs": 1, "batch_size": 4, "device": "cpu"},
 }
 
