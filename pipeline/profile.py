@@ -7,7 +7,7 @@ brings them into the workspace. ``--queue`` queues it (``dvc queue start`` runs 
 prints the command.
 
 A profile's value wins over an ablation file's: where a variant sets a key the profile sets too
-(``train.epochs`` for the variants that train longer), the item names that file as well,
+(``train.updates_per_step`` of ``dsts_cm``, say), the item names that file as well,
 ``--set-param ablations/<variant>.yaml:<key>=<value>``. The smoke copy and the sweep's workspaces
 follow the same rule (:func:`write_ablations`).
 """

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
@@ -82,11 +83,21 @@ def test_write_ablations_copies_untouched_files_as_they_are(tmp_path):
     assert (tmp_path / "out" / "b.yaml").read_text() == (source / "b.yaml").read_text()
 
 
-def test_the_full_profile_reaches_a_variant_that_sets_its_own_epochs(tmp_path):
-    """baseline.yaml trains for fewer epochs than params.yaml; the dvc command that runs full.yaml,
-    applied to copies of the files as DVC would, must train every variant for full's epochs."""
+@pytest.mark.parametrize(
+    "profile",
+    [
+        {},  # full.yaml as it is
+        {"train": {"updates_per_step": 2}},  # a key that dsts_cm.yaml sets too (3)
+    ],
+    ids=["full", "shadowing"],
+)
+def test_the_profile_command_reaches_every_variant(tmp_path, profile):
+    """The dvc command that runs a profile, applied to copies of the files as DVC would, must train
+    every variant with the profile's values, a variant's own value for the same key included."""
+    full = deep_merge(read_yaml(ROOT / "full.yaml"), profile)
+    (tmp_path / "profile.yaml").write_text(yaml.safe_dump(full))
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.profile", "full.yaml", "--dry"],
+        [sys.executable, "-m", "pipeline.profile", str(tmp_path / "profile.yaml"), "--dry"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -102,14 +113,12 @@ def test_the_full_profile_reaches_a_variant_that_sets_its_own_epochs(tmp_path):
     for name, tree in files.items():
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text(yaml.safe_dump(tree))
-    full = read_yaml(ROOT / "full.yaml")
-    assert load_config(ROOT / "params.yaml", variant="baseline").train.epochs < full["train"]["epochs"]
+    wanted = {k: v for k, v in flatten(full).items() if k.startswith("train.")}
+    if profile:  # the case has a point only if a variant's own value differs from the profile's
+        assert load_config(ROOT / "params.yaml", variant="dsts_cm").train.updates_per_step != 2
     for variant in full["variants"]:
         cfg = load_config(tmp_path / "params.yaml", variant=variant)
-        assert (cfg.train.epochs, cfg.train.step_size) == (
-            full["train"]["epochs"],
-            full["train"]["step_size"],
-        )
+        assert {k: v for k, v in flatten(cfg.to_dict()).items() if k in wanted} == wanted, variant
 
 
 def test_full_profile_overrides_existing_params_and_loads_every_variant():
