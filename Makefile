@@ -56,9 +56,11 @@ verify-repro: setup
 
 # Two workers (pytest-xdist): the end-to-end tests spend most of their time starting processes whose
 # imports are single-threaded, so two of them share the two cores. A file's tests stay on one worker
-# (--dist loadfile), as its module fixtures expect. WORKERS=0 runs in one process.
+# (--dist loadfile), as its module fixtures expect, and files go out in collection order
+# (--no-loadscope-reorder), which tests/conftest.py starts with the end-to-end files, so that the
+# longest do not start last. WORKERS=0 runs in one process.
 WORKERS ?= 2
-XDIST = -n $(WORKERS) --dist loadfile
+XDIST = -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: setup
 	python -m pytest --benchmark-disable $(XDIST) $(PYTEST_ARGS)

@@ -30,3 +30,12 @@ def _quiet_tools(monkeypatch):
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     monkeypatch.setenv("DO_NOT_TRACK", "true")
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+
+
+def pytest_collection_modifyitems(items):
+    """The files with end-to-end (``slow``) tests first, each file's tests kept together and in order:
+    under ``--dist loadfile --no-loadscope-reorder`` (Makefile) xdist hands files out in this order,
+    so the few files that take minutes start at once and the many short files fill in beside them,
+    instead of one long file starting last while the other worker idles."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
