@@ -330,8 +330,6 @@ class Trainer:
         if self.world_size > 1:  # every rank starts from rank 0's weights
             for tensor in [*model.parameters(), *model.buffers()]:
                 dist.broadcast(tensor.data, 0)
-        if cfg.train.channels_last and self.device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last_3d)
         return model
 
     def _needs_second_batch(self) -> bool:

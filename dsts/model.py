@@ -63,7 +63,12 @@ def build_model(config: Config, num_classes: int | None = None, seed: int | None
     With a ``seed``, each part is initialised from its own stream of it (:mod:`dsts.seeding`), so
     variants built with one seed share the backbone and head they have in common, and the DSTS
     module gets a generator of its own for its Gumbel and Semhash draws; without one, everything
-    draws from the global RNG in turn."""
+    draws from the global RNG in turn.
+
+    ``train.channels_last`` stores the weights channels-last (``channels_last_3d``), on every device:
+    the convolutions then run on kernels for that layout, which on the CPU are the faster ones
+    (docs/reproducibility.md). The layout changes the floating-point path, so it is part of what a
+    run's bytes depend on, like the device."""
     classes = num_classes if num_classes is not None else config.data.num_classes
     if classes is None or classes < 1:
         raise ConfigError(
@@ -86,4 +91,5 @@ def build_model(config: Config, num_classes: int | None = None, seed: int | None
         if seed is not None:
             dsts.generator = torch.Generator().manual_seed(stream_seed(seed, "routing"))
     with _initialised_from(seed, "init/head"):
-        return DSTSNet(backbone, dsts, width, classes, m.dropout)
+        net = DSTSNet(backbone, dsts, width, classes, m.dropout)
+    return net.to(memory_format=torch.channels_last_3d) if config.train.channels_last else net

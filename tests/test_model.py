@@ -8,6 +8,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import dsts
 from dsts.config import Config, ConfigError, DSTSConfig, ModelConfig, load_config
@@ -197,3 +199,38 @@ def test_default_adamw_steps_do_not_collapse_the_routing():
         # it sharpens (the router learns), but 20 steps on random labels do not make it one-hot; at
         # the 16-epoch study's lr of 3e-3 it falls to about a fifth of log N in these 20 steps
         assert entropy > 0.1 * math.log(4), j
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    variant=st.sampled_from([{"enabled": False}, {}, {"specialization": "3d"}]),
+    seed=st.integers(0, 2**16),
+    training=st.booleans(),
+)
+def test_channels_last_is_a_layout_not_another_model(variant, seed, training):
+    """The oracle is the same model in the default layout: ``train.channels_last`` must give the same
+    initial weights, stored channels-last, and the same logits and parameter gradients up to the
+    rounding of other kernels."""
+    base = config(**variant)
+    last = dataclasses.replace(base, train=dataclasses.replace(base.train, channels_last=True))
+    a, b = build_model(base, num_classes=5, seed=seed), build_model(last, num_classes=5, seed=seed)
+    for (name, wa), wb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(wa, wb), name
+        if wa.dim() == 5:
+            assert wb.is_contiguous(memory_format=torch.channels_last_3d) and not wb.is_contiguous(), name
+    x = torch.randn(4, 3, 4, 16, 16, generator=torch.Generator().manual_seed(seed))
+    y = torch.arange(4) % 5
+    grads = []
+    for model in (a, b):
+        model.train(training)
+        torch.manual_seed(seed)  # the same dropout masks (DSTS's draws have the model's own generator)
+        logits = model(x)
+        torch.nn.functional.cross_entropy(logits, y).backward()
+        grads.append(
+            (logits.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+        )
+    (la, ga), (lb, gb) = grads
+    torch.testing.assert_close(lb, la, rtol=1e-4, atol=1e-5)
+    assert ga.keys() == gb.keys() and ga
+    for name in ga:
+        torch.testing.assert_close(gb[name], ga[name], rtol=1e-3, atol=1e-5, msg=name)

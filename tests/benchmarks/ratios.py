@@ -12,6 +12,7 @@ read when torch loads) and takes the median of the per-round ratios. Run by hand
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import statistics
@@ -147,6 +148,25 @@ def loader(rounds: int = 7) -> float:
     return statistics.median(ratios)
 
 
+def layout_step(channels_last: bool) -> Callable[[], None]:
+    """One default training step (the default variant, batch and clip size) with the weights in the
+    default layout or channels-last (``train.channels_last``)."""
+    cfg = load_config(ROOT / "params.yaml", seed=0)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, channels_last=channels_last))
+    model = build_model(cfg, num_classes=16, seed=0).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(cfg.train.batch_size, 3, cfg.data.num_frames, cfg.data.crop, cfg.data.crop, generator=g)
+    y = torch.randint(0, 16, (cfg.train.batch_size,), generator=g)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
 MEASURES: dict[str, Callable[[], float]] = {
     "spike": spike,
     "sparse": sparse,
@@ -155,6 +175,7 @@ MEASURES: dict[str, Callable[[], float]] = {
     "udl-first-order": udl("first_order"),
     "loader": loader,
     "portable": lambda: portable_ratio("dsts")["ratio"],
+    "channels-last": lambda: interleaved(layout_step(False), layout_step(True), rounds=15),
 }
 
 
