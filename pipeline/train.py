@@ -43,7 +43,6 @@ def main() -> int:
             from dsts.tracking import Tracker  # mlflow takes seconds to load: only for a tracked run
 
             tracker = Tracker(cfg, trainer.train_hash)
-        if tracker is not None:
             trainer.on_epoch = lambda row, epoch: tracker.log_metrics(row, step=epoch)
 
         def train() -> dict[str, float]:
