@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from dsts.config import Config, DSTSConfig, ModelConfig
+from dsts.config import Config, DSTSConfig, ModelConfig, TrainConfig
 from dsts.model import build_model
 from dsts.udl import UDLStep, split_parameters
 
@@ -52,13 +52,11 @@ def main() -> int:
 
     def model_for(routing: str):
         cfg = Config(
-            model=ModelConfig(backbone="r2plus1d_18", dsts=DSTSConfig(channels=512, routing=routing))
+            model=ModelConfig(backbone="r2plus1d_18", dsts=DSTSConfig(channels=512, routing=routing)),
+            train=TrainConfig(channels_last=args.channels_last),
         )
         torch.manual_seed(0)
-        model = build_model(cfg, num_classes=args.classes).to(device).train()
-        if args.channels_last:
-            model = model.to(memory_format=torch.channels_last_3d)
-        return model
+        return build_model(cfg, num_classes=args.classes).to(device).train()
 
     def batch():
         x = torch.randn(shape, device=device)
