@@ -32,7 +32,7 @@ from dsts.model import build_model
 from tests.benchmarks.test_bench_data import generated_data
 from tests.benchmarks.test_bench_dsts import layer_step, spike_step
 from tests.benchmarks.test_bench_portable import portable_ratio
-from tests.benchmarks.test_bench_udl import interleaved_ratio
+from tests.benchmarks.test_bench_udl import interleaved_ratio, plain_step
 
 README = Path(__file__).with_name("README.md")
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,13 +158,7 @@ def layout_step(channels_last: bool) -> Callable[[], None]:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(cfg.train.batch_size, 3, cfg.data.num_frames, cfg.data.crop, cfg.data.crop, generator=g)
     y = torch.randint(0, 16, (cfg.train.batch_size,), generator=g)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    return step
+    return lambda: plain_step(model, (opt,), x, y)
 
 
 MEASURES: dict[str, Callable[[], float]] = {
