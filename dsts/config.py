@@ -111,6 +111,10 @@ class TrainConfig:
     device: str = "auto"
     bf16: bool = False
     channels_last: bool = False
+    # Before each validation and before the model is saved, replace BatchNorm's running statistics by
+    # the epoch's training clips' under its final weights (dsts.engine.recompute_bn_statistics):
+    # validation and test then read the model, not the lag of an exponential average (docs/study.md).
+    precise_bn: bool = False
     cudnn_benchmark: bool = False
     portable: bool = True  # pin the kernels' instruction set and the threads (dsts/portable.py)
     threads: int = 2  # intra-op threads; part of what makes two runs byte-identical

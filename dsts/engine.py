@@ -413,6 +413,8 @@ class Trainer:
                     generator.manual_seed(stream_seed(cfg.train.seed, "rank", self.rank, 2 * epoch + 1))
             data.set_epoch(epoch)
             losses = self._train_epoch(model, optimizers, schedulers, udl, data, epoch, show)
+            if cfg.train.precise_bn:  # each rank over its shard of the epoch's batches; rank 0's are kept
+                recompute_bn_statistics(model, data.train_loader, device)
             row = {"epoch": float(epoch + 1), "lr": optimizers[-1].param_groups[0]["lr"], **losses}
             if self.rank == 0 and data.val_loader is not None:
                 val = predict(model, data.val_loader, device, self.bf16)

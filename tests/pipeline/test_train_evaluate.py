@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -12,10 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from dsts.config import load_config
-from dsts.engine import Trainer
+from dsts.engine import Trainer, predict
 from tests.pipeline.e2e import ROOT, stage
+from tests.test_engine import by_hand_batch_norm
 
 pytestmark = pytest.mark.slow
 
@@ -296,3 +299,66 @@ def test_routing_statistics_are_logged_and_change_nothing(workdir):
         with_stats.model.state_dict().items(), without.model.state_dict().items(), strict=True
     ):
         assert torch.equal(a, b), name
+
+
+STATISTICS = ("running_mean", "running_var", "num_batches_tracked", "_mean", "_var")
+
+
+@pytest.mark.parametrize("variant", ["baseline", "dsts_udl"])
+def test_precise_bn_changes_what_validation_reads_never_what_training_does(workdir, variant):
+    """``train.precise_bn``: the same seed trains the same weights and training losses, with or
+    without it; only the statistics differ, and validation reads the recomputed ones. For the
+    backbone's BatchNorm layers the oracle is written out: each statistic is the average over the
+    last epoch's training batches of that batch's own mean and unbiased variance of the layer's
+    input, the model otherwise in evaluation mode (``baseline`` only: a DSTS neuron after the
+    backbone does not change the backbone's inputs, but its own statistics have their own test in
+    tests/test_engine.py)."""
+
+    def config(precise: bool):
+        overrides = ["tracking.enabled=false", f"train.precise_bn={str(precise).lower()}"]
+        return load_config(workdir / "params.yaml", variant=variant, seed=0, overrides=overrides)
+
+    plain = Trainer(config(False), workdir / f"pbn_off_{variant}").fit()
+    trainer = Trainer(config(True), workdir / f"pbn_on_{variant}")
+    precise = trainer.fit()
+    for a, b in zip(plain.history, precise.history, strict=True):
+        assert {k: v for k, v in a.items() if not k.startswith("val/")} == {
+            k: v for k, v in b.items() if not k.startswith("val/")
+        }
+    before, after = plain.model.state_dict(), precise.model.state_dict()
+    stats = [k for k in before if k.endswith(STATISTICS)]
+    assert stats and all(torch.equal(before[k], after[k]) for k in before if k not in stats)
+    assert any(not torch.equal(before[k], after[k]) for k in stats if not k.endswith("num_batches_tracked"))
+
+    data = trainer._data()
+    last = precise.history[-1]
+    val = predict(precise.model, data.val_loader, torch.device("cpu"))
+    assert (
+        last["val/loss"] == val.loss
+        and last["val/top1"] == (val.scores.argmax(1) == val.labels).float().mean().item()
+    )
+    if variant != "baseline":
+        return
+    data.set_epoch(len(precise.history) - 1)
+    model = copy.deepcopy(precise.model).eval()
+    norms = {name: m for name, m in model.named_modules() if isinstance(m, nn.BatchNorm3d)}
+    seen: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {name: [] for name in norms}
+
+    def by_hand(name, bn):
+        def forward(z):
+            out, mean, var = by_hand_batch_norm(z, bn)
+            seen[name].append((mean, var))
+            return out
+
+        return forward
+
+    for name, bn in norms.items():
+        bn.forward = by_hand(name, bn)
+    with torch.no_grad():
+        for clips, _ in data.train_loader:
+            model(clips)
+    for name, bn in dict(precise.model.named_modules()).items():
+        if name in norms:
+            means, variances = zip(*seen[name], strict=True)
+            torch.testing.assert_close(bn.running_mean, torch.stack(means).mean(0), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(bn.running_var, torch.stack(variances).mean(0), rtol=1e-5, atol=1e-6)
