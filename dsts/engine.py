@@ -232,6 +232,8 @@ class TrainResult:
     seconds: float
     data_seconds: float
     resumed_from: int  # epochs already done when this process started
+    val_clips: list[str]  # the validation clips' names (none without validation)
+    val_correct: list[list[int]]  # per validated epoch: the epoch, then 1 or 0 per clip (top-1 right)
 
 
 @dataclasses.dataclass
@@ -335,10 +337,11 @@ class Trainer:
     def _needs_second_batch(self) -> bool:
         return self.cfg.udl.enabled or self.cfg.train.updates_per_step > 1
 
-    def _resume(self, model, optimizers, schedulers) -> tuple[int, list[dict[str, float]]]:
-        """``(epochs done, history)`` from this config's checkpoint, or ``(0, [])`` without one."""
+    def _resume(self, model, optimizers, schedulers) -> tuple[int, list[dict[str, float]], list[list[int]]]:
+        """``(epochs done, history, per-clip validation results)`` from this config's checkpoint, or
+        ``(0, [], [])`` without one."""
         if not self.checkpoint_file.exists():
-            return 0, []
+            return 0, [], []
         state = load_checkpoint(self.checkpoint_file, self.cfg, self.device.type)
         model.load_state_dict(state["model"])
         for o, s in zip(optimizers, state["optimizers"]):
@@ -351,7 +354,7 @@ class Trainer:
         self.log(
             f"resuming {self.cfg.variant} seed {self.cfg.train.seed} from epoch {epoch} ({self.checkpoint_file})"
         )
-        return epoch, list(state["history"])
+        return epoch, list(state["history"]), [list(r) for r in state.get("val_correct", [])]
 
     # -- the loop
 
@@ -389,7 +392,7 @@ class Trainer:
                 grad_clip=cfg.train.grad_clip,
                 reduce=all_reduce_mean if self.world_size > 1 else None,
             )
-        start_epoch, history = self._resume(model, optimizers, schedulers)
+        start_epoch, history, val_correct = self._resume(model, optimizers, schedulers)
 
         started = time.perf_counter()
         self.data_seconds = 0.0
@@ -419,10 +422,11 @@ class Trainer:
             if self.rank == 0 and data.val_loader is not None:
                 val = predict(model, data.val_loader, device, self.bf16)
                 row.update(evaluation_metrics(val, num_classes, cfg.model.dsts.num_neurons, prefix="val/"))
+                val_correct.append([epoch + 1, *M.top_k_hits(val.scores, val.labels, 1).astype(int).tolist()])
             row = {k: v for k, v in row.items() if _kept(k)}
             history.append(row)
             if self.rank == 0:
-                self._save(model, optimizers, schedulers, epoch + 1, history)
+                self._save(model, optimizers, schedulers, epoch + 1, history, val_correct)
                 if self.on_epoch is not None:
                     self.on_epoch(row, epoch + 1)
                 if not show:
@@ -442,6 +446,8 @@ class Trainer:
             seconds=time.perf_counter() - started,
             data_seconds=self.data_seconds,
             resumed_from=start_epoch,
+            val_clips=data.val.clip_ids if data.val is not None else [],
+            val_correct=val_correct,
         )
 
     def _train_epoch(self, model, optimizers, schedulers, udl, data: _Data, epoch: int, show: bool):
@@ -504,7 +510,7 @@ class Trainer:
             o.step()
         return {"loss": loss.item()}
 
-    def _save(self, model, optimizers, schedulers, epoch, history) -> None:
+    def _save(self, model, optimizers, schedulers, epoch, history, val_correct) -> None:
         atomic_save(
             {
                 "format": FORMAT,
@@ -515,6 +521,7 @@ class Trainer:
                 "optimizers": [o.state_dict() for o in optimizers],
                 "schedulers": [s.state_dict() for s in schedulers],
                 "history": history,
+                "val_correct": val_correct,
                 "rng": rng_state(self.generators),
                 # the data order is a pure function of (seed, stream, epoch): the D_val iterator's
                 # whole state is the epoch it starts at, and it restarts with each epoch

@@ -41,6 +41,7 @@ __all__ = [
     "per_class_accuracy",
     "routing_nmi",
     "top_k_accuracy",
+    "top_k_hits",
 ]
 
 CUES = ("spatial", "temporal")
@@ -116,6 +117,13 @@ def top_k_accuracy(scores: Any, labels: Any, k: int) -> float:
     Ties are ranked by class index, lowest first (module docstring), so the result is exact and
     deterministic; scores must be finite.
     """
+    hits = top_k_hits(scores, labels, k)
+    return float(np.count_nonzero(hits) / hits.shape[0])
+
+
+def top_k_hits(scores: Any, labels: Any, k: int) -> np.ndarray:
+    """Per sample, bool ``(n,)``: whether its label is among the ``k`` best-scored classes, by the
+    rule of :func:`top_k_accuracy` (its mean)."""
     s = to_numpy(scores, "scores")
     if s.ndim != 2:
         raise MetricsError(f"scores: expected shape (n, K), got {tuple(s.shape)}")
@@ -136,7 +144,7 @@ def top_k_accuracy(scores: Any, labels: Any, k: int) -> float:
     own = s[np.arange(n), y][:, None]
     lower_index = np.arange(num_classes)[None, :] < y[:, None]
     rank = (s > own).sum(axis=1) + ((s == own) & lower_index).sum(axis=1)
-    return float(np.count_nonzero(rank < k) / n)
+    return rank < k
 
 
 def confusion_matrix(preds: Any, labels: Any, num_classes: int) -> np.ndarray:

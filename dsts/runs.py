@@ -42,6 +42,7 @@ class RunFolder:
 
     model = _File("model.pt")
     history = _File("history.csv")
+    val_correct = _File("val_correct.csv")  # each validation clip right (1) or wrong (0), per epoch
     metrics = _File("metrics.json")
     per_class = _File("per_class.csv")
     predictions = _File("predictions.csv")  # actual and predicted class per test clip: the confusion plot
@@ -99,6 +100,43 @@ def read_history(path: str | Path) -> list[dict[str, float]]:
                 raise RunFileError(f"{path} line {line}: no epoch")
             rows.append(parsed)
     return rows
+
+
+def write_val_correct(path: str | Path, clips: Sequence[str], rows: Sequence[Sequence[int]]) -> None:
+    """One row per validated epoch: ``epoch``, then 1 or 0 per validation clip, whether its top-1 was
+    right, under a header of the clips' names (just ``epoch`` for a run without validation). What the
+    late gain's sampling sd reads (``dsts/report/verdicts.py``)."""
+    with atomic_write(path, newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["epoch", *clips])
+        for epoch, *bits in rows:
+            if len(bits) != len(clips):
+                raise ValueError(f"epoch {epoch}: {len(bits)} results for {len(clips)} validation clips")
+            writer.writerow([int(epoch), *(int(bool(b)) for b in bits)])
+
+
+def read_val_correct(path: str | Path) -> dict[int, list[int]]:
+    """Per epoch, the 1 or 0 of each validation clip written by :func:`write_val_correct`."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunFileError(f"{path}: missing (run the train stage for this variant and seed first)")
+    out: dict[int, list[int]] = {}
+    with open(path, newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if not header or header[0] != "epoch":
+            raise RunFileError(
+                f"{path}: expected a CSV whose header is 'epoch' and one name per validation clip"
+            )
+        for line, row in enumerate(reader, start=2):
+            if len(row) != len(header):
+                raise RunFileError(f"{path} line {line}: {len(row)} fields, but the header has {len(header)}")
+            if not row[0].isdigit() or any(b not in ("0", "1") for b in row[1:]):
+                raise RunFileError(f"{path} line {line}: expected an epoch number, then 0 or 1 per clip")
+            if int(row[0]) in out:
+                raise RunFileError(f"{path} line {line}: epoch {int(row[0])} is written twice")
+            out[int(row[0])] = [int(b) for b in row[1:]]
+    return out
 
 
 def write_metrics(path: str | Path, metrics: Mapping[str, float]) -> None:

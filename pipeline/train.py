@@ -4,7 +4,7 @@ Under ``torchrun --nproc_per_node=K`` it trains data-parallel (gloo on the CPU, 
 each rank takes its shard of every batch, and only rank 0 logs, checkpoints and writes outputs.
 
 Writes ``runs/<variant>/seed<S>/``: ``model.pt`` (state_dict + config), ``history.csv`` (the
-learning curves), ``learning_curves.png``, ``config.yaml``, ``timing.json``, ``environment.json``
+learning curves), ``val_correct.csv`` (each validation clip right or wrong, per epoch), ``learning_curves.png``, ``config.yaml``, ``timing.json``, ``environment.json``
 (the machine and kernel fingerprint) and ``tracking.json`` (the MLflow run id); checkpoints go to
 ``checkpoints/<training-settings hash>.pt`` beside them. The MLflow run of (variant, seed) is opened or continued.
 """
@@ -28,7 +28,7 @@ def main() -> int:
     from dsts.files import write_json, write_text
     from dsts.plots import plot_learning_curves
     from dsts.portable import fingerprint, pin_torch
-    from dsts.runs import write_history
+    from dsts.runs import write_history, write_val_correct
 
     pin_torch(cfg.train.portable, cfg.train.threads)
     rank, world_size, device = init_from_env()
@@ -60,6 +60,7 @@ def main() -> int:
                 trainer.device.type,
             )
             write_history(out.history, result.history)
+            write_val_correct(out.val_correct, result.val_clips, result.val_correct)
             plot_learning_curves(result.history, out.path / "learning_curves.png")
             write_text(out.path / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             write_json(out.environment, fingerprint(cfg.train.portable, cfg.train.threads))
@@ -83,7 +84,13 @@ def main() -> int:
             timing = train()
             t.log_metrics({f"timing/{k}": v for k, v in timing.items()}, step=cfg.train.epochs)
             t.set_tags({f"env.{k}": v for k, v in fingerprint(cfg.train.portable, cfg.train.threads).items()})
-            for file in (out.model, out.history, out.path / "learning_curves.png", out.path / "config.yaml"):
+            for file in (
+                out.model,
+                out.history,
+                out.val_correct,
+                out.path / "learning_curves.png",
+                out.path / "config.yaml",
+            ):
                 t.log_artifact(file)
             for file in (out.timing, out.environment):
                 t.log_artifact(file)

@@ -20,6 +20,7 @@ from dsts.metrics import (
     per_class_accuracy,
     routing_nmi,
     top_k_accuracy,
+    top_k_hits,
 )
 
 # ----------------------------------------------------------------------------------------------
@@ -64,12 +65,16 @@ def paired_codes(draw):
 # oracles (plain Python)
 
 
-def loop_top_k(scores, labels, k) -> float:
-    hits = 0
+def loop_top_k_hits(scores, labels, k) -> list[bool]:
+    out = []
     for row, y in zip(scores.tolist(), labels.tolist(), strict=True):
         order = sorted(range(len(row)), key=lambda c: (-row[c], c))
-        hits += y in order[:k]
-    return hits / len(labels)
+        out.append(y in order[:k])
+    return out
+
+
+def loop_top_k(scores, labels, k) -> float:
+    return sum(loop_top_k_hits(scores, labels, k)) / len(labels)
 
 
 def loop_recalls(preds, labels, k) -> dict[int, float]:
@@ -103,6 +108,13 @@ def test_top_k_matches_stable_sort_loop(data):
     scores, labels = data
     for k in range(1, scores.shape[1] + 1):
         assert top_k_accuracy(scores, labels, k) == loop_top_k(scores, labels, k)
+
+
+@given(scored())
+def test_top_k_hits_match_stable_sort_loop_per_sample(data):
+    scores, labels = data
+    for k in range(1, scores.shape[1] + 1):
+        assert top_k_hits(scores, labels, k).tolist() == loop_top_k_hits(scores, labels, k)
 
 
 @given(scored())

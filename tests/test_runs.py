@@ -13,11 +13,13 @@ from dsts.runs import (
     RunFileError,
     read_history,
     read_metrics,
+    read_val_correct,
     run_dir,
     run_folder,
     write_history,
     write_metrics,
     write_per_class,
+    write_val_correct,
 )
 
 
@@ -53,6 +55,39 @@ def test_bad_run_files_are_one_line_errors(tmp_path):
     assert read_metrics(tmp_path / "m.json", required=["test/top1"]) == {"test/top1": 0.5}
     with pytest.raises(RunFileError, match="no finite 'test/loss'"):
         read_metrics(tmp_path / "m.json", required=["test/loss"])
+
+
+@given(
+    clips=st.lists(st.from_regex(r"[A-Za-z0-9_]{1,8}@[0-9]{1,3}", fullmatch=True), max_size=5, unique=True),
+    epochs=st.lists(st.integers(1, 99), max_size=4, unique=True),
+    data=st.data(),
+)
+def test_val_correct_round_trips(tmp_path_factory, clips, epochs, data):
+    path = tmp_path_factory.mktemp("v") / "val_correct.csv"
+    bits = st.lists(st.integers(0, 1), min_size=len(clips), max_size=len(clips))
+    rows = {e: data.draw(bits) for e in epochs}
+    write_val_correct(path, clips, [[e, *b] for e, b in rows.items()])
+    assert read_val_correct(path) == rows
+    assert path.read_text().splitlines()[0] == ",".join(["epoch", *clips])  # the clips name the columns
+
+
+def test_bad_val_correct_files_are_one_line_errors(tmp_path):
+    path = tmp_path / "val_correct.csv"
+    with pytest.raises(RunFileError, match="missing"):
+        read_val_correct(path)
+    for text, message in (
+        ("", "header is 'epoch'"),
+        ("clip,a@0\n", "header is 'epoch'"),
+        ("epoch,a@0,b@0\n1,1\n", "line 2: 2 fields, but the header has 3"),
+        ("epoch,a@0\n1,2\n", "line 2: expected an epoch number, then 0 or 1 per clip"),
+        ("epoch,a@0\nx,1\n", "line 2: expected an epoch number"),
+        ("epoch,a@0\n1,1\n1,0\n", "line 3: epoch 1 is written twice"),
+    ):
+        path.write_text(text)
+        with pytest.raises(RunFileError, match=message):
+            read_val_correct(path)
+    with pytest.raises(ValueError, match="epoch 3: 1 results for 2 validation clips"):
+        write_val_correct(path, ["a", "b"], [[3, 1]])
 
 
 def test_per_class_rows(tmp_path):

@@ -89,6 +89,11 @@ class VideoDataset(Dataset):
         self._where = [entry_name(table, key) for key in table.index]
 
     @property
+    def clip_ids(self) -> list[str]:
+        """Each item's name, ``<video_id>@<start_frame>``, in item order."""
+        return list(self._clip_ids)
+
+    @property
     def cached(self) -> bool:
         return self._frames is not None
 

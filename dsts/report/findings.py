@@ -209,7 +209,12 @@ def convergence_sentences(report: Report) -> list[str]:
     out = [
         f"Not converged: {r['variant']}/seed{r['seed']} gained {pts(r['val_gain'], digits=2)} points of validation "
         f"top-1 from epoch {r['gain_from']} to epoch {r['gain_to']} (the least-squares line through those epochs), "
-        f"more than {limit} point over the last quarter of its epochs."
+        f"more than {limit} point over the last quarter of its epochs"
+        + (
+            f"; its sampling sd is {pts(r['val_gain_sd'], digits=2)} points."
+            if math.isfinite(r["val_gain_sd"])
+            else "."
+        )
         for r in runs
         if r["converged"] == 0
     ]

@@ -3,7 +3,7 @@
 Every run file is read with the readers of ``dsts/runs.py``; a missing or malformed one stops the
 report with one line naming it. ``timing.json`` (train stage), ``environment.json`` (train stage)
 and ``cost.json`` (evaluate stage) are optional: a run without them still reports, with "n/a" in
-the cost table.
+the cost table; so is ``val_correct.csv`` (train stage), without which a late gain has no sampling sd.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from dsts.config import ConfigError, load_config, read_yaml
 from dsts.errors import DSTSError
-from dsts.runs import read_history, read_metrics, run_folder
+from dsts.runs import read_history, read_metrics, read_val_correct, run_folder
 
 __all__ = [
     "DEFAULT_COMPARISONS",
@@ -55,6 +55,7 @@ class Run:
     folder: Path
     metrics: dict[str, float]
     history: list[dict[str, float]]
+    val_correct: dict[int, list[int]]  # per epoch, each validation clip right (1) or wrong (0); may be empty
     timing: dict[str, float]
     cost: dict[str, float]
     environment: dict[str, str]  # the fingerprint the train stage recorded (dsts.portable); may be empty
@@ -153,6 +154,7 @@ def load_runs(runs_dir: str | Path, variants: Sequence[str], seeds: Sequence[int
                     folder=files.path,
                     metrics=read_metrics(files.metrics, REQUIRED),
                     history=read_history(files.history),
+                    val_correct=read_val_correct(files.val_correct) if files.val_correct.is_file() else {},
                     timing=_optional(files.timing),
                     cost=_optional(files.cost),
                     environment=_environment(files.environment),

@@ -1,7 +1,7 @@
 """The report's tables, on pandas, from the loaded runs; statistics from ``dsts/stats.py``.
 
-- ``runs``: one row per (variant, seed): accuracies, the cue accuracies, the late validation gain,
-  cost, and the specialization and training-time routing statistics averaged over layers.
+- ``runs``: one row per (variant, seed): accuracies, the cue accuracies, the late validation gain
+  and its validation-sampling sd, cost, and the specialization and training-time routing statistics averaged over layers.
 - ``layers``: one row per (variant, seed, DSTS layer).
 - ``comparisons``: one row per (metric, compared pair): the paired test of first minus second over
   the seeds both have, Holm's adjustment over the pairs compared on one metric, the sign-flip
@@ -35,6 +35,7 @@ from dsts.report.verdicts import (
     control_check,
     flagged,
     late_gain,
+    late_gain_sd,
     pair_tests,
     routing_ends,
 )
@@ -136,6 +137,7 @@ def _run_row(r: Run, attributes: Sequence[str]) -> dict[str, Any]:
     row["num_neurons"] = max(neurons, default=0)
     gain, last, start = late_gain(r.history)
     row |= {"epochs": len(r.history), "val_gain": gain, "gain_from": start, "gain_to": last}
+    row["val_gain_sd"] = late_gain_sd(r.history, r.val_correct)
     row["converged"] = math.nan if math.isnan(gain) else float(not flagged(gain))
     return row
 
@@ -220,13 +222,15 @@ def _tests(rows: pd.DataFrame, attributes: Sequence[str], alpha: float, power: f
 
 
 def _convergence(rows: pd.DataFrame) -> dict[str, float]:
-    """The epochs of the variant's runs and the share of its seeds not flagged; undefined when the
-    late gain of some seed is unknown."""
+    """The epochs of the variant's runs, its largest late gain with that run's sampling sd, and the
+    share of its seeds not flagged; undefined when the late gain of some seed is unknown."""
     known = rows["converged"].notna().all() and len(rows) > 0
+    gains = rows["val_gain"].dropna()
     return {
         "epochs_min": rows["epochs"].min(),
         "epochs_max": rows["epochs"].max(),
         "gain_max": rows["val_gain"].max(),
+        "gain_max_sd": rows.loc[gains.idxmax(), "val_gain_sd"] if len(gains) else math.nan,
         "converged_share": rows["converged"].mean() if known else math.nan,
     }
 

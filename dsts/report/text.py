@@ -157,16 +157,24 @@ def _convergence_section(report: Report) -> list[str]:
             [
                 r["variant"],
                 pts(r["gain_max"], True),
+                pts(r["gain_max_sd"]),
                 "unknown" if math.isnan(share) else f"{share:.2f}",
                 ", ".join(named) or "none",
             ]
         )
-    header = ["variant", "largest late gain (points)", "converged share", "not converged"]
+    header = [
+        "variant",
+        "largest late gain (points)",
+        "its sampling sd (points)",
+        "converged share",
+        "not converged",
+    ]
     return [
         "## Convergence",
         "",
         "Late gain of a run: the rise of the least-squares line through its validation top-1 over the last "
-        f"quarter of its epochs; a gain above {pts(GAIN_LIMIT)} point flags the run as not converged (see Method).",
+        f"quarter of its epochs; a gain above {pts(GAIN_LIMIT)} point flags the run as not converged (see Method). "
+        "Its sampling sd: how far the gain would move on another draw of as many validation clips.",
         "",
         md_table(header, rows),
         "",
@@ -300,7 +308,9 @@ def _method_section(report: Report) -> list[str]:
         "epochs, rounded half up), the late gain is the rise over q epochs of the least-squares line through "
         f"val/top1 at epochs E − q to E (for q = 1, their difference). A gain above {pts(GAIN_LIMIT)} point "
         "flags the run; the converged share of a variant is the share of its seeds not flagged, undefined "
-        "when a run lacks val/top1 at one of those epochs.",
+        "when a run lacks val/top1 at one of those epochs. The gain is the mean over the n validation clips "
+        "of each clip's own gain g_i (the line's weights applied to whether the clip was right at each "
+        "epoch, `val_correct.csv`), so its sampling sd is sd(g_i)/√n.",
         "- Routing: the selection sharpened (or broadened) when the per-seed fall of the normalized selection "
         "entropy from the first to the last epoch differs from 0 at α (one-sample t); NMI and the cue gap are "
         "tested against 0 the same way.",

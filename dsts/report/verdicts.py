@@ -43,6 +43,7 @@ __all__ = [
     "control_check",
     "flagged",
     "late_gain",
+    "late_gain_sd",
     "pair_tests",
     "routing_ends",
 ]
@@ -120,26 +121,56 @@ def control_check(runs: pd.DataFrame, variants: Sequence[str], alpha: float, pow
     return Control("", rotation, spatial, bool(detected), within)
 
 
+def _gain_window(history: Sequence[Mapping[str, float]]) -> tuple[int, int, dict[int, float]]:
+    """``(E, E - q, weights)``: the late gain's epochs and the weight of each epoch's top-1 in it,
+    ``q (e - centre) / sum (e - centre)^2``: the least-squares slope times ``q`` is the weighted sum
+    of the top-1s, as the weights sum to 0. No weights when ``E - q < 1``."""
+    if not history:
+        return 0, 0, {}
+    last = int(history[-1]["epoch"])
+    start = last - max(1, math.floor(last / 4 + 0.5))
+    if start < 1:
+        return last, start, {}
+    centre = (start + last) / 2
+    norm = math.fsum((e - centre) ** 2 for e in range(start, last + 1))
+    return last, start, {e: (e - centre) * (last - start) / norm for e in range(start, last + 1)}
+
+
 def late_gain(history: Sequence[Mapping[str, float]]) -> tuple[float, int, int]:
     """``(gain, E, E - q)``: the run's validation top-1 gain over the last quarter of its epochs, the
     least-squares slope through epochs ``E - q`` to ``E`` times ``q``; NaN when one of those epochs
     has no finite ``val/top1``."""
-    if not history:
-        return math.nan, 0, 0
-    last = int(history[-1]["epoch"])
-    start = last - max(1, math.floor(last / 4 + 0.5))
+    last, start, weights = _gain_window(history)
     at = {int(row["epoch"]): row.get("val/top1", math.nan) for row in history}
-    top1 = [at.get(e, math.nan) for e in range(start, last + 1)]
-    if start < 1 or not all(math.isfinite(y) for y in top1):
+    top1 = [at.get(e, math.nan) for e in weights]
+    if not weights or not all(math.isfinite(y) for y in top1):
         return math.nan, last, start
     # The slope in closed form over exactly summed floats (math.fsum), not a LAPACK fit, whose last
     # bits may depend on the CPU's BLAS kernels: the report's files are byte-identical everywhere the
     # runs are.
     centre = (start + last) / 2
-    dx = [e - centre for e in range(start, last + 1)]
+    dx = [e - centre for e in weights]
     mean = math.fsum(top1) / len(top1)
     slope = math.fsum(x * (y - mean) for x, y in zip(dx, top1, strict=True)) / math.fsum(x * x for x in dx)
     return slope * (last - start), last, start
+
+
+def late_gain_sd(history: Sequence[Mapping[str, float]], correct: Mapping[int, Sequence[int]]) -> float:
+    """The validation-sampling sd of :func:`late_gain`: how far the gain would move on another draw of
+    as many validation clips. With ``x_ie`` clip i right (1) or wrong (0) after epoch e, the gain is
+    the mean over the n clips of ``g_i = sum_e w_e x_ie`` (the weights of the line), so its sd is
+    ``sd(g_i) / sqrt(n)``. NaN when ``correct`` (epoch -> one 0/1 per clip) lacks an epoch of the
+    quarter, or has fewer than two clips."""
+    _, _, weights = _gain_window(history)
+    rows = [correct.get(e) for e in weights]
+    if not weights or any(r is None for r in rows) or len({len(r) for r in rows}) != 1 or len(rows[0]) < 2:
+        return math.nan
+    g = [
+        math.fsum(w * r[i] for w, r in zip(weights.values(), rows, strict=True)) for i in range(len(rows[0]))
+    ]
+    n = len(g)
+    mean = math.fsum(g) / n
+    return math.sqrt(math.fsum((x - mean) ** 2 for x in g) / (n - 1) / n)
 
 
 def flagged(gain: float) -> bool:

@@ -41,6 +41,7 @@ def test_declared_paths_are_the_run_folders_and_the_reports():
     files = {
         folder.model,
         folder.history,
+        folder.val_correct,
         folder.timing,
         folder.environment,
         folder.tracking,

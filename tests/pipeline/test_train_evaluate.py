@@ -17,6 +17,7 @@ from torch import nn
 
 from dsts.config import load_config
 from dsts.engine import Trainer, predict
+from dsts.runs import read_history, read_val_correct
 from tests.pipeline.e2e import ROOT, stage
 from tests.test_engine import by_hand_batch_norm
 
@@ -32,7 +33,8 @@ ROUTING_KEYS = (
 
 
 def outputs(run: Path) -> dict[str, bytes]:
-    return {name: (run / name).read_bytes() for name in ("metrics.json", "per_class.csv", "history.csv")}
+    names = ("metrics.json", "per_class.csv", "history.csv", "val_correct.csv")
+    return {name: (run / name).read_bytes() for name in names}
 
 
 @pytest.mark.parametrize("variant", ["baseline", "dsts_udl"])
@@ -43,6 +45,7 @@ def test_train_then_evaluate(workdir, variant):
     for name in (
         "model.pt",
         "history.csv",
+        "val_correct.csv",
         "learning_curves.png",
         "timing.json",
         "config.yaml",
@@ -55,6 +58,16 @@ def test_train_then_evaluate(workdir, variant):
         "tracking.json",
     ):
         assert (run / name).stat().st_size > 0, name
+    # each validation clip, right or wrong at each epoch: the clips of the validation list, in its
+    # order, and as many right as the epoch's validation top-1 says
+    val_list = json.loads((workdir / "data" / "generated" / "Diving48_V2_val.json").read_text())
+    header = (run / "val_correct.csv").read_text().splitlines()[0].split(",")
+    assert header == ["epoch", *(f"{v['vid_name']}@{v['start_frame']}" for v in val_list)]
+    correct = read_val_correct(run / "val_correct.csv")
+    assert list(correct) == [1, 2]
+    assert [sum(bits) / len(bits) for bits in correct.values()] == [
+        r["val/top1"] for r in read_history(run / "history.csv")
+    ]
     metrics = json.loads((run / "metrics.json").read_text())
     assert all(isinstance(v, (int, float)) for v in metrics.values())
     assert 0.0 <= metrics["test/top1"] <= metrics["test/top5"] <= 1.0

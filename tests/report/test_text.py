@@ -10,7 +10,7 @@ from dsts.report.findings import findings
 from dsts.report.load import load_runs
 from dsts.report.tables import build_report
 from dsts.report.text import render_markdown
-from dsts.runs import write_history
+from dsts.runs import write_history, write_val_correct
 from tests.report.fakes import write_fake_runs, write_runs_with, write_runs_with_top1
 
 ALL = ("baseline", "shuffled", "static", "dsts_3d", "dsts", "dsts_udl")
@@ -198,19 +198,29 @@ def test_convergence_names_each_flagged_run(tmp_path):
         {"epoch": e, "val/top1": x} for e, x in enumerate((0.2, 0.3, 0.35, 0.38, 0.40, 0.423), start=1)
     ]
     write_history(tmp_path / "dsts" / "seed1" / "history.csv", history)
+    # its 1000 validation clips: 380 right from epoch 4 on, 20 more from epoch 5, 23 more at epoch 6,
+    # so each clip's own gain over epochs 4 to 6 (the line's weights -1, 0, +1) is 1 for 43 clips
+    # and 0 for the rest: sd sqrt(0.043 * 0.957 * 1000 / 999) / sqrt(1000) = 0.64 points
+    clips = [f"c{i}@0" for i in range(1000)]
+    right = {4: 380, 5: 400, 6: 423}
+    rows = [[e, *(int(i < right.get(e, 0)) for i in range(1000))] for e in range(1, 7)]
+    write_val_correct(tmp_path / "dsts" / "seed1" / "val_correct.csv", clips, rows)
     write_history(tmp_path / "baseline" / "seed0" / "history.csv", [{"epoch": 1, "train/loss": 1.0}])
     report = build_report(load_runs(tmp_path, ["baseline", "dsts"], (0, 1)), ["baseline", "dsts"], (0, 1))
     lines = findings(report)
     assert (
         "Not converged: dsts/seed1 gained 4.30 points of validation top-1 from epoch 4 to epoch 6 (the least-squares "
-        "line through those epochs), more than 1.0 point over the last quarter of its epochs." in lines
+        "line through those epochs), more than 1.0 point over the last quarter of its epochs; its sampling sd is "
+        "0.64 points." in lines
     )
     assert (
         "Convergence unknown (no val/top1 at every epoch of the last quarter in history.csv): baseline/seed0."
         in lines
     )
     text = render_markdown(report)
-    assert row(text, "dsts", "+4.3", "0.50", "seed1") and row(text, "baseline", "+0.0", "unknown", "none")
+    assert row(text, "dsts", "+4.3", "0.6", "0.50", "seed1") and row(
+        text, "baseline", "+0.0", "n/a", "unknown", "none"
+    )
     assert row(text, "dsts", "3–6") and row(text, "baseline", "1–3")  # the epochs of each variant's runs
     assert "The variants trained for different numbers of epochs: baseline 1–3, dsts 3–6." in text
     converged = findings(make(tmp_path / "b", variants=("baseline",)))

@@ -1,5 +1,5 @@
-"""dsts.report.verdicts: the positive control, the late validation gain and the ends of the routing
-trajectories, on hand-computed cases."""
+"""dsts.report.verdicts: the positive control, the late validation gain and its sampling sd, and the
+ends of the routing trajectories, on hand-computed cases and exact rational oracles."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dsts.report.verdicts import control_check, flagged, late_gain, pair_tests, routing_ends
+from dsts.report.verdicts import control_check, flagged, late_gain, late_gain_sd, pair_tests, routing_ends
 
 MDD_N3 = 3.2640435498  # MDD / sd(d) at n = 3: exact noncentral-t power 0.8 (R power.t.test: 3.26)
 HALF_N3 = 4.302652729749464 / math.sqrt(3)  # t_(0.975, 2) / sqrt(3): CI half-width / sd(d)
@@ -152,6 +152,57 @@ def test_late_gain_is_unknown_without_validation_top1():
     assert math.isnan(late_gain([{"epoch": 1.0, "train/loss": 1.0}, {"epoch": 2.0, "train/loss": 0.9}])[0])
     gain, last, first = late_gain([])
     assert math.isnan(gain) and (last, first) == (0, 0)
+
+
+@st.composite
+def clip_records(draw):
+    """A run's per-clip validation record: epochs 1 to E, each with a 0/1 per clip."""
+    epochs = draw(st.integers(min_value=2, max_value=24))
+    clips = draw(st.integers(min_value=2, max_value=12))
+    bits = st.lists(st.integers(0, 1), min_size=clips, max_size=clips)
+    return {e: draw(bits) for e in range(1, epochs + 1)}
+
+
+def top1_history(correct: dict[int, list[int]]) -> list[dict[str, float]]:
+    return history({e: sum(bits) / len(bits) for e, bits in correct.items()})
+
+
+@given(clip_records())
+def test_late_gain_sd_is_the_standard_error_of_the_clips_own_gains(correct):
+    rows = top1_history(correct)
+    _, last, start = late_gain(rows)
+    window = list(range(start, last + 1))
+    # the oracle, in exact rational arithmetic: each clip's own least-squares rise over the quarter,
+    # then the sample variance of those rises over the clips, divided by their number
+    own = [exact_rise(window, [correct[e][i] for e in window]) for i in range(len(correct[1]))]
+    n = len(own)
+    mean = sum(own) / n
+    variance = sum((g - mean) ** 2 for g in own) / (n - 1) / n
+    assert late_gain_sd(rows, correct) == pytest.approx(math.sqrt(variance), abs=1e-12)
+    # the clips' own gains average to the run's gain: the sd belongs to the gain the report reads
+    assert float(mean) == pytest.approx(late_gain(rows)[0], abs=1e-12)
+
+
+def test_late_gain_sd_on_a_hand_computed_case():
+    # 4 epochs: q = 1, epochs 3 and 4, so a clip's own gain is its change from epoch 3 to 4. Two of
+    # four clips turn right (+1), two stay (0): g = (1, 1, 0, 0), sd(g) = sqrt(1/3), over sqrt(4)
+    correct = {1: [0, 0, 0, 0], 2: [0, 0, 1, 1], 3: [0, 0, 1, 1], 4: [1, 1, 1, 1]}
+    assert late_gain(top1_history(correct))[0] == pytest.approx(0.5)
+    assert late_gain_sd(top1_history(correct), correct) == pytest.approx(math.sqrt(1 / 3) / 2)
+    # clips that all change alike leave no doubt about the gain
+    same = {1: [0, 0], 2: [0, 0], 3: [0, 0], 4: [1, 1]}
+    assert late_gain_sd(top1_history(same), same) == 0.0
+
+
+def test_late_gain_sd_is_unknown_without_every_epoch_of_the_quarter():
+    correct = {e: [0, 1, 1] for e in range(1, 9)}  # 8 epochs: q = 2, epochs 6 to 8
+    rows = top1_history(correct)
+    assert late_gain_sd(rows, correct) == 0.0
+    assert math.isnan(late_gain_sd(rows, {e: v for e, v in correct.items() if e != 7}))
+    assert math.isnan(late_gain_sd(rows, {}))  # a run without val_correct.csv
+    assert math.isnan(late_gain_sd(rows, {e: [1] for e in range(1, 9)}))  # one clip: no spread
+    assert math.isnan(late_gain_sd(rows, {**correct, 8: [0, 1]}))  # the clips must be the same
+    assert math.isnan(late_gain_sd(history({1: 0.5}), {1: [0, 1]}))  # one epoch: no gain at all
 
 
 def test_more_than_one_point_is_flagged():
