@@ -111,8 +111,12 @@ class TrainConfig:
     device: str = "auto"
     bf16: bool = False
     channels_last: bool = False
-    # Before each validation and before the model is saved, replace BatchNorm's running statistics by
-    # the epoch's training clips' under its final weights (dsts.engine.recompute_bn_statistics):
+    # Validate after every val_interval-th epoch and after each epoch that the convergence check
+    # reads, the last quarter (dsts.report.verdicts.late_quarter_start), the last epoch among them:
+    # a larger validation split at the cost of a sparser curve before that quarter.
+    val_interval: int = 1
+    # Before each validation, and so before the model is saved, replace BatchNorm's running statistics
+    # by the epoch's training clips' under its final weights (dsts.engine.recompute_bn_statistics):
     # validation and test then read the model, not the lag of an exponential average (docs/study.md).
     precise_bn: bool = False
     cudnn_benchmark: bool = False
@@ -359,6 +363,7 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("train.updates_per_step", lambda v: v >= 1, ">= 1"),
     ("train.seed", lambda v: v >= 0, ">= 0"),
     ("train.threads", lambda v: v >= 1, ">= 1"),
+    ("train.val_interval", lambda v: v >= 1, ">= 1"),
     ("train.device", lambda v: v in ("auto", "cpu") or v.startswith("cuda"), "auto, cpu or cuda[:N]"),
     ("udl.inner_lr", lambda v: v >= 0, ">= 0"),
     ("udl.fd_eps", lambda v: v > 0, "> 0"),

@@ -39,6 +39,7 @@ from dsts.layers import DSTSLayer
 from dsts.model import build_model
 from dsts.module import p_hard_schedule
 from dsts.portable import use_deterministic_kernels
+from dsts.report.verdicts import late_quarter_start
 from dsts.runs import RunFolder
 from dsts.seeding import stream_seed
 from dsts.udl import UDLStep, split_parameters
@@ -100,6 +101,13 @@ def lr_factor(cfg: Config, step: int, steps_per_epoch: int) -> float:
     if cfg.train.schedule == "step":
         return cfg.train.gamma ** ((step // steps_per_epoch) // cfg.train.step_size)
     return 1.0
+
+
+def validated(epoch: int, epochs: int, interval: int) -> bool:
+    """Whether a run of ``epochs`` epochs validates after ``epoch`` (1-based): every ``interval``-th
+    epoch, and every epoch that the convergence check reads (:func:`late_quarter_start`),
+    the last among them. Training never reads validation, so this changes no weight."""
+    return epoch % interval == 0 or epoch >= late_quarter_start(epochs)
 
 
 def progress_enabled() -> bool:
@@ -287,8 +295,8 @@ class Trainer:
 
     def _data(self) -> _Data:
         """The training split, UDL's ``D_val`` stream over it, and the validation split: monitored
-        each epoch with one centred view and the training batch size, so that the history depends on
-        the training settings only. The test split is not read here: evaluation reads it, once."""
+        at the epochs :func:`validated` names, with one centred view and the training batch size, so
+        that the history depends on the training settings only. The test split is not read here: evaluation reads it, once."""
         cfg = self.cfg
         train_ds = build_dataset(cfg.data, "train", train=True, seed=cfg.train.seed)
         if len(train_ds) < cfg.train.batch_size * self.world_size:
@@ -416,10 +424,12 @@ class Trainer:
                     generator.manual_seed(stream_seed(cfg.train.seed, "rank", self.rank, 2 * epoch + 1))
             data.set_epoch(epoch)
             losses = self._train_epoch(model, optimizers, schedulers, udl, data, epoch, show)
-            if cfg.train.precise_bn:  # each rank over its shard of the epoch's batches; rank 0's are kept
+            validate = validated(epoch + 1, cfg.train.epochs, cfg.train.val_interval)
+            # precise BN: each rank over its shard of the epoch's batches; rank 0's are kept
+            if validate and cfg.train.precise_bn:
                 recompute_bn_statistics(model, data.train_loader, device)
             row = {"epoch": float(epoch + 1), "lr": optimizers[-1].param_groups[0]["lr"], **losses}
-            if self.rank == 0 and data.val_loader is not None:
+            if validate and self.rank == 0 and data.val_loader is not None:
                 val = predict(model, data.val_loader, device, self.bf16)
                 row.update(evaluation_metrics(val, num_classes, cfg.model.dsts.num_neurons, prefix="val/"))
                 val_correct.append([epoch + 1, *M.top_k_hits(val.scores, val.labels, 1).astype(int).tolist()])

@@ -131,7 +131,7 @@ def read_val_correct(path: str | Path) -> dict[int, list[int]]:
         for line, row in enumerate(reader, start=2):
             if len(row) != len(header):
                 raise RunFileError(f"{path} line {line}: {len(row)} fields, but the header has {len(header)}")
-            if not row[0].isdigit() or any(b not in ("0", "1") for b in row[1:]):
+            if not (row[0].isascii() and row[0].isdigit()) or any(b not in ("0", "1") for b in row[1:]):
                 raise RunFileError(f"{path} line {line}: expected an epoch number, then 0 or 1 per clip")
             if int(row[0]) in out:
                 raise RunFileError(f"{path} line {line}: epoch {int(row[0])} is written twice")

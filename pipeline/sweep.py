@@ -105,7 +105,7 @@ def run_point(out: Path, overrides: list[str], args: argparse.Namespace) -> list
         mine = [r for r in rows if r["variant"] == variant]
         walls = [float((r["folder"].path / "wall_seconds.txt").read_text()) for r in mine]
         curves = {
-            r["seed"]: [row.get("val/top1", float("nan")) for row in read_history(r["folder"].history)]
+            r["seed"]: [row["val/top1"] for row in read_history(r["folder"].history) if "val/top1" in row]
             for r in mine
         }
         last3 = {seed: mean(curve[-3:]) for seed, curve in curves.items()}

@@ -1,10 +1,11 @@
-"""The engine's pieces: the learning-rate schedule, evaluation-mode prediction over views, the
+"""The engine's pieces: the learning-rate schedule, the validated epochs, evaluation-mode prediction over views, the
 evaluation metrics against literal values, and BatchNorm statistics recomputed against a by-hand
 BatchNorm."""
 
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -13,9 +14,17 @@ from hypothesis import strategies as st
 from torch import nn
 
 from dsts.config import Config, load_config
-from dsts.engine import Predictions, evaluation_metrics, lr_factor, predict, recompute_bn_statistics
+from dsts.engine import (
+    Predictions,
+    evaluation_metrics,
+    lr_factor,
+    predict,
+    recompute_bn_statistics,
+    validated,
+)
 from dsts.layers import DSTSLayer
 from dsts.model import build_model
+from dsts.report.verdicts import late_gain
 
 
 @given(step=st.integers(0, 199), warmup=st.sampled_from([0.0, 0.5, 2.0]))
@@ -40,6 +49,21 @@ def test_step_schedule():
         overrides=["train.schedule=step", "train.step_size=2", "train.gamma=0.5", "train.warmup_epochs=0"],
     )
     assert [lr_factor(cfg, e * 10, 10) for e in range(5)] == [1.0, 1.0, 0.5, 0.5, 0.25]
+
+
+@given(epochs=st.integers(1, 300), interval=st.integers(1, 40))
+def test_validation_covers_every_epoch_the_convergence_check_reads(epochs, interval):
+    """Every ``interval``-th epoch and the last quarter, ``q = max(1, E/4 rounded half up)`` epochs
+    after ``E - q`` (exact rationals here), are validated, and nothing else; so the late gain of a run
+    validated only there is known whenever the run has such a quarter."""
+    q = max(1, math.floor(Fraction(epochs, 4) + Fraction(1, 2)))
+    seen = [e for e in range(1, epochs + 1) if validated(e, epochs, interval)]
+    assert seen == [e for e in range(1, epochs + 1) if e % interval == 0 or e >= epochs - q]
+    assert seen[-1] == epochs
+    history = [{"epoch": float(e), **({"val/top1": 0.5} if e in seen else {})} for e in range(1, epochs + 1)]
+    gain, last, start = late_gain(history)
+    assert (last, start) == (epochs, epochs - q)
+    assert math.isfinite(gain) == (epochs - q >= 1)
 
 
 def test_evaluation_metrics_against_literal_values():

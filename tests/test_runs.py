@@ -81,6 +81,7 @@ def test_bad_val_correct_files_are_one_line_errors(tmp_path):
         ("epoch,a@0,b@0\n1,1\n", "line 2: 2 fields, but the header has 3"),
         ("epoch,a@0\n1,2\n", "line 2: expected an epoch number, then 0 or 1 per clip"),
         ("epoch,a@0\nx,1\n", "line 2: expected an epoch number"),
+        ("epoch,a@0\n\u00b2,1\n", "line 2: expected an epoch number"),  # a digit to str.isdigit
         ("epoch,a@0\n1,1\n1,0\n", "line 3: epoch 1 is written twice"),
     ):
         path.write_text(text)

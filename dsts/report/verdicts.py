@@ -44,6 +44,7 @@ __all__ = [
     "flagged",
     "late_gain",
     "late_gain_sd",
+    "late_quarter_start",
     "pair_tests",
     "routing_ends",
 ]
@@ -121,6 +122,14 @@ def control_check(runs: pd.DataFrame, variants: Sequence[str], alpha: float, pow
     return Control("", rotation, spatial, bool(detected), within)
 
 
+def late_quarter_start(epochs: int) -> int:
+    """``E - q``, with ``q = max(1, round(E / 4))`` (halves up): the convergence check reads the
+    validation top-1 at epochs ``E - q`` to ``E`` of a run of ``E`` epochs (:func:`late_gain`), so
+    training validates at least those (``dsts.engine.validated``). Below 1 when the run is too short
+    to have such a quarter."""
+    return epochs - max(1, math.floor(epochs / 4 + 0.5))
+
+
 def _gain_window(history: Sequence[Mapping[str, float]]) -> tuple[int, int, dict[int, float]]:
     """``(E, E - q, weights)``: the late gain's epochs and the weight of each epoch's top-1 in it,
     ``q (e - centre) / sum (e - centre)^2``: the least-squares slope times ``q`` is the weighted sum
@@ -128,7 +137,7 @@ def _gain_window(history: Sequence[Mapping[str, float]]) -> tuple[int, int, dict
     if not history:
         return 0, 0, {}
     last = int(history[-1]["epoch"])
-    start = last - max(1, math.floor(last / 4 + 0.5))
+    start = late_quarter_start(last)
     if start < 1:
         return last, start, {}
     centre = (start + last) / 2

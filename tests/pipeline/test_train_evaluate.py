@@ -314,6 +314,35 @@ def test_routing_statistics_are_logged_and_change_nothing(workdir):
         assert torch.equal(a, b), name
 
 
+def test_a_validation_interval_reads_fewer_epochs_and_trains_the_same_model(workdir):
+    """``train.val_interval``: a run validated every second epoch and through its last quarter reads
+    the same validation rows at those epochs as a run validated every epoch, writes no validation
+    at the others, and ends with the same weights and BatchNorm statistics (precise BN)."""
+
+    def fit(interval: int):
+        overrides = [
+            "tracking.enabled=false",
+            "train.precise_bn=true",
+            "train.epochs=6",
+            f"train.val_interval={interval}",
+        ]
+        cfg = load_config(workdir / "params.yaml", variant="dsts", seed=0, overrides=overrides)
+        return Trainer(cfg, workdir / f"interval{interval}").fit()
+
+    every, sparse = fit(1), fit(2)
+    kept = [2, 4, 5, 6]  # every second epoch, and the last quarter: q = 2 of 6, epochs 4 to 6
+    assert [int(r["epoch"]) for r in sparse.history if "val/top1" in r] == kept
+    for a, b in zip(every.history, sparse.history, strict=True):
+        assert b == (
+            a if int(a["epoch"]) in kept else {k: v for k, v in a.items() if not k.startswith("val/")}
+        )
+    assert sparse.val_correct == [row for row in every.val_correct if row[0] in kept]
+    for (name, a), (_, b) in zip(
+        every.model.state_dict().items(), sparse.model.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
 STATISTICS = ("running_mean", "running_var", "num_batches_tracked", "_mean", "_var")
 
 
