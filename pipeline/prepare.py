@@ -48,7 +48,8 @@ def main() -> int:
         )
         contact_sheet(staging, staging / "contact_sheet.png")
     print(
-        f"prepare: {summary['classes']} classes, {summary['train']} train and {summary['test']} test clips "
+        f"prepare: {summary['classes']} classes, {summary['train']} train, {summary['val']} validation and "
+        f"{summary['test']} test clips "
         f"({summary['frames']} frames at {summary['size']}x{summary['size']}) -> {target} "
         f"in {summary['seconds']:.1f} s"
     )

@@ -50,7 +50,7 @@ def test_writes_the_benchmark_and_replaces_it(tmp_path):
     target = tmp_path / "generated"
     out = prepare(*SMALL, "--out", str(target), "--jobs", "1")
     assert out.returncode == 0, out.stderr
-    assert "2 classes, 4 train and 2 test clips" in out.stdout
+    assert "2 classes, 4 train, 2 validation and 2 test clips" in out.stdout
     names = sorted(p.name for p in target.iterdir())
     assert names == sorted(
         [
